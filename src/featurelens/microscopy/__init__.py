@@ -1,0 +1,1 @@
+"""Microscopy adapter: image embeddings and profiles as AnnData."""

@@ -1,0 +1,28 @@
+"""Dictionary learners as torch modules, and their training loop.
+
+Nothing in this subpackage knows about AnnData: :mod:`featurelens.tl` translates between
+AnnData objects and these modules.
+"""
+
+from .icfl import ICFL, pursuit
+from .preprocess import NORMALIZE_OPTIONS, Normalizer, Preprocess, Whitening, fit_whitening
+from .sae import ARCHITECTURES, SparseAutoencoder, geometric_median
+from .train import DEAD_RATE, DeadTracker, TrainingDivergedError, TrainOutput, fit
+
+__all__ = [
+    "ARCHITECTURES",
+    "DEAD_RATE",
+    "ICFL",
+    "NORMALIZE_OPTIONS",
+    "DeadTracker",
+    "Normalizer",
+    "Preprocess",
+    "SparseAutoencoder",
+    "TrainOutput",
+    "TrainingDivergedError",
+    "Whitening",
+    "fit",
+    "fit_whitening",
+    "geometric_median",
+    "pursuit",
+]

@@ -1,0 +1,306 @@
+"""Numeric transforms applied to an embedding before a dictionary sees it.
+
+Nothing here knows about AnnData: the transforms take and return arrays and serialise
+themselves to plain dictionaries of arrays and scalars, which :mod:`featurelens.tl`
+stores in ``adata.uns``. Two stages exist and are applied in this order:
+
+1. :class:`Whitening` (optional): PCA whitening fitted on control samples,
+   ``T(x) = Lambda^{-1/2} V^T (x - mu_c)`` (optionally followed by unit-norm scaling).
+2. :class:`Normalizer`: one of ``"none"``, ``"center"``, ``"scale"``, ``"standardize"``,
+   ``"unit"``.
+
+:class:`Preprocess` chains them and can undo their linear part, so reconstructions and
+steered embeddings can be mapped back into the space the user started from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+NORMALIZE_OPTIONS = ("none", "center", "scale", "standardize", "unit")
+
+_TINY = 1e-12
+
+
+def _row_norms(X: np.ndarray) -> np.ndarray:
+    return np.sqrt(np.einsum("ij,ij->i", X, X, dtype=np.float64))
+
+
+def _safe_unit(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Scale rows to unit L2 norm; rows of norm zero stay zero. Returns (scaled, norms)."""
+    norms = _row_norms(X)
+    div = np.where(norms > _TINY, norms, 1.0)
+    return (X / div[:, None]).astype(np.float32, copy=False), norms
+
+
+@dataclass
+class Whitening:
+    """PCA whitening fitted on control samples.
+
+    Attributes
+    ----------
+    mean
+        Mean of the control samples, shape ``(d,)``.
+    components
+        Principal axes of the control covariance as rows, shape ``(n_comps, d)``, sorted by
+        decreasing variance.
+    variances
+        Eigenvalues of the control covariance (``ddof=1``), shape ``(n_comps,)``.
+    eps
+        Added to every variance before taking the inverse square root.
+    unit_norm
+        Whether whitened rows are scaled to unit L2 norm afterwards.
+    """
+
+    mean: np.ndarray
+    components: np.ndarray
+    variances: np.ndarray
+    eps: float = 1e-6
+    unit_norm: bool = False
+
+    @property
+    def scales(self) -> np.ndarray:
+        """Per-component factors ``1 / sqrt(variance + eps)``."""
+        return 1.0 / np.sqrt(self.variances + self.eps)
+
+    @property
+    def n_comps(self) -> int:
+        """Number of whitened output dimensions."""
+        return int(self.components.shape[0])
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        """Whiten the rows of ``X`` (shape ``(n, d)``) into shape ``(n, n_comps)``."""
+        X = np.asarray(X, dtype=np.float64)
+        Y = ((X - self.mean) @ self.components.T) * self.scales
+        if self.unit_norm:
+            Y, _ = _safe_unit(Y)
+        return Y.astype(np.float32, copy=False)
+
+    def inverse_linear(self, Y: np.ndarray) -> np.ndarray:
+        """Map whitened *differences* back to the input space (no mean, no unit-norm undo).
+
+        For ``n_comps == d`` this inverts the linear part exactly; with fewer components it
+        returns the least-squares pre-image inside the kept principal subspace.
+        """
+        Y = np.asarray(Y, dtype=np.float64)
+        return ((Y / self.scales) @ self.components).astype(np.float32, copy=False)
+
+    def to_dict(self) -> dict:
+        """Plain-array representation, as stored in ``adata.uns``."""
+        return {
+            "mean": self.mean.astype(np.float32),
+            "components": self.components.astype(np.float32),
+            "variances": self.variances.astype(np.float32),
+            "scales": self.scales.astype(np.float32),
+            "eps": float(self.eps),
+            "unit_norm": bool(self.unit_norm),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Whitening:
+        """Rebuild from :meth:`to_dict` output (extra keys are ignored)."""
+        return cls(
+            mean=np.asarray(d["mean"], dtype=np.float64),
+            components=np.asarray(d["components"], dtype=np.float64),
+            variances=np.asarray(d["variances"], dtype=np.float64),
+            eps=float(d["eps"]),
+            unit_norm=bool(d["unit_norm"]),
+        )
+
+
+def fit_whitening(
+    X: np.ndarray,
+    controls: np.ndarray,
+    *,
+    n_comps: int | None = None,
+    eps: float = 1e-6,
+    unit_norm: bool = False,
+) -> Whitening:
+    """Fit PCA whitening on the control rows of ``X``.
+
+    Parameters
+    ----------
+    X
+        Samples x dimensions.
+    controls
+        Boolean mask of the control rows (at least two).
+    n_comps
+        Number of principal components to keep (default: all ``d``).
+    eps
+        Regulariser added to every eigenvalue.
+    unit_norm
+        Scale whitened rows to unit norm.
+
+    Returns
+    -------
+    The fitted :class:`Whitening`. Eigenvector signs are fixed so that the largest absolute
+    loading of every component is positive, which makes the result reproducible.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    controls = np.asarray(controls, dtype=bool)
+    Xc = X[controls]
+    if Xc.shape[0] < 2:
+        raise ValueError(f"Whitening needs at least 2 control samples, got {Xc.shape[0]}.")
+    d = X.shape[1]
+    n_comps = d if n_comps is None else int(n_comps)
+    if not 1 <= n_comps <= d:
+        raise ValueError(f"`n_comps` must be between 1 and the embedding dimension {d}, got {n_comps}.")
+    mean = Xc.mean(axis=0)
+    cov = np.cov(Xc - mean, rowvar=False, ddof=1).reshape(d, d)
+    evals, evecs = np.linalg.eigh(cov)
+    order = np.argsort(evals)[::-1][:n_comps]
+    evals = np.clip(evals[order], 0.0, None)
+    comps = evecs[:, order].T
+    flip = np.sign(comps[np.arange(n_comps), np.abs(comps).argmax(axis=1)])
+    comps *= np.where(flip == 0, 1.0, flip)[:, None]
+    return Whitening(mean=mean, components=comps, variances=evals, eps=float(eps), unit_norm=bool(unit_norm))
+
+
+@dataclass
+class Normalizer:
+    """Per-embedding normalisation applied right before the dictionary.
+
+    ``y = (x - mean) / scale`` followed, for ``"unit"``, by scaling every row to unit norm.
+
+    - ``"none"``: identity.
+    - ``"center"``: subtract the mean.
+    - ``"scale"``: divide by one global factor so the mean squared distance of a row to the
+      data mean equals the dimension (average per-dimension variance 1). The mean is *not*
+      subtracted (an SAE pre-bias learns it), so the geometry is unchanged.
+    - ``"standardize"``: subtract the mean and divide every dimension by its standard deviation.
+    - ``"unit"``: scale every row to unit L2 norm (ICFL's default).
+    """
+
+    method: str
+    mean: np.ndarray
+    scale: np.ndarray
+
+    @property
+    def unit_norm(self) -> bool:
+        """Whether rows are scaled to unit norm."""
+        return self.method == "unit"
+
+    @classmethod
+    def fit(cls, X: np.ndarray, method: str | None) -> Normalizer:
+        """Estimate the normalisation of ``X`` for ``method``."""
+        method = "none" if method is None else str(method)
+        if method not in NORMALIZE_OPTIONS:
+            raise ValueError(f"Unknown normalize={method!r}; choose one of {NORMALIZE_OPTIONS} (or None).")
+        X = np.asarray(X, dtype=np.float64)
+        d = X.shape[1]
+        mean = np.zeros(d)
+        scale = np.ones(d)
+        if method in ("center", "standardize"):
+            mean = X.mean(axis=0)
+        if method == "scale":
+            mu = X.mean(axis=0)
+            ms = float(np.mean(np.einsum("ij,ij->i", X - mu, X - mu)) / d)
+            scale = np.full(d, np.sqrt(ms) if ms > _TINY else 1.0)
+        elif method == "standardize":
+            sd = X.std(axis=0, ddof=0)
+            scale = np.where(sd > _TINY, sd, 1.0)
+        return cls(method=method, mean=mean, scale=scale)
+
+    def transform(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Return the normalised rows (float32) and, for ``"unit"``, the row norms that were removed."""
+        Y = (np.asarray(X, dtype=np.float64) - self.mean) / self.scale
+        if self.unit_norm:
+            return _safe_unit(Y)
+        return Y.astype(np.float32, copy=False), None
+
+    def inverse(self, Y: np.ndarray, norms: np.ndarray | None = None) -> np.ndarray:
+        """Undo :meth:`transform`; ``norms`` are the row norms it returned (needed for ``"unit"``)."""
+        Y = np.asarray(Y, dtype=np.float64)
+        if self.unit_norm:
+            if norms is None:
+                raise ValueError("Undoing unit-norm scaling needs the original row norms.")
+            Y = Y * np.asarray(norms, dtype=np.float64)[:, None]
+        return (Y * self.scale + self.mean).astype(np.float32, copy=False)
+
+    def inverse_linear(self, Y: np.ndarray, norms: np.ndarray | None = None) -> np.ndarray:
+        """Undo the linear part only (for differences between embeddings)."""
+        Y = np.asarray(Y, dtype=np.float64)
+        if self.unit_norm:
+            if norms is None:
+                raise ValueError("Undoing unit-norm scaling needs the original row norms.")
+            Y = Y * np.asarray(norms, dtype=np.float64)[:, None]
+        return (Y * self.scale).astype(np.float32, copy=False)
+
+    def to_dict(self) -> dict:
+        """Plain-array representation, as stored in ``adata.uns``."""
+        return {
+            "normalize": self.method,
+            "mean": self.mean.astype(np.float32),
+            "scale": self.scale.astype(np.float32),
+            "unit_norm": self.unit_norm,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Normalizer:
+        """Rebuild from :meth:`to_dict` output."""
+        return cls(
+            method=str(d["normalize"]),
+            mean=np.asarray(d["mean"], dtype=np.float64),
+            scale=np.asarray(d["scale"], dtype=np.float64),
+        )
+
+
+@dataclass
+class Preprocess:
+    """Optional whitening followed by a :class:`Normalizer`.
+
+    Stored as ``uns[key]["preprocess"]``: the normaliser's fields at the top level and the
+    whitening, when one was applied, under ``"whiten"``.
+    """
+
+    normalizer: Normalizer
+    whitening: Whitening | None = None
+
+    def transform(self, X: np.ndarray, *, whiten: bool = True) -> tuple[np.ndarray, dict]:
+        """Apply the chain; ``whiten=False`` skips whitening (input already whitened).
+
+        Returns the transformed rows and a context holding the row norms removed by unit-norm
+        steps, which :meth:`inverse` needs.
+        """
+        ctx: dict = {"whitened": False}
+        if whiten and self.whitening is not None:
+            w = self.whitening
+            X = ((np.asarray(X, dtype=np.float64) - w.mean) @ w.components.T) * w.scales
+            if w.unit_norm:
+                X, ctx["white_norms"] = _safe_unit(X)
+            ctx["whitened"] = True
+        Y, ctx["norms"] = self.normalizer.transform(X)
+        return Y, ctx
+
+    def inverse(self, Y: np.ndarray, ctx: dict, *, linear: bool = False) -> np.ndarray:
+        """Map rows from dictionary space back to the space :meth:`transform` started from.
+
+        With ``linear=True`` means are not added back (for differences between embeddings).
+        Undoing a whitening that dropped components returns the least-squares pre-image inside
+        the kept principal subspace.
+        """
+        norm = self.normalizer
+        X = norm.inverse_linear(Y, ctx.get("norms")) if linear else norm.inverse(Y, ctx.get("norms"))
+        if ctx.get("whitened"):
+            w = self.whitening
+            if w.unit_norm:
+                X = X * np.asarray(ctx["white_norms"], dtype=np.float32)[:, None]
+            X = w.inverse_linear(X)
+            if not linear:
+                X = X + w.mean.astype(np.float32)
+        return X
+
+    def to_dict(self) -> dict:
+        """Plain representation, as stored in ``adata.uns``."""
+        out = self.normalizer.to_dict()
+        if self.whitening is not None:
+            out["whiten"] = self.whitening.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Preprocess:
+        """Rebuild from :meth:`to_dict` output."""
+        w = d.get("whiten")
+        return cls(normalizer=Normalizer.from_dict(d), whitening=None if w is None else Whitening.from_dict(w))

@@ -1,0 +1,5 @@
+"""Plots of the results stored by :mod:`featurelens.tl` (read-only)."""
+
+from ._training import history
+
+__all__ = ["history"]

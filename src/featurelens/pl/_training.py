@@ -1,0 +1,88 @@
+"""Training curves of a dictionary."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+from anndata import AnnData
+
+from ..get import history as get_history
+
+
+def _finish(fig, show: bool | None, return_fig: bool, axes):
+    if return_fig:
+        return fig
+    if show is None:
+        show = plt.isinteractive()
+    if show:
+        plt.show()
+        return None
+    return axes
+
+
+def history(
+    adata: AnnData,
+    key: str = "sae",
+    metrics: str | Sequence[str] = ("loss", "fvu", "l0", "dead_fraction"),
+    *,
+    x: str = "step",
+    logy: bool = False,
+    ax=None,
+    show: bool | None = None,
+    return_fig: bool = False,
+):
+    """Plot the training history of a dictionary.
+
+    Parameters
+    ----------
+    adata
+        Annotated data matrix holding the dictionary.
+    key
+        Key of the dictionary.
+    metrics
+        Columns of the history to plot, one panel each (missing ones are skipped).
+    x
+        ``"step"`` or ``"samples_seen"``.
+    logy
+        Logarithmic y axes.
+    ax
+        Axes to draw into (only with a single metric).
+    show
+        Show the figure (default: when matplotlib is interactive).
+    return_fig
+        Return the figure.
+
+    Returns
+    -------
+    The figure with ``return_fig=True``; otherwise the axes, or ``None`` when shown.
+
+    Examples
+    --------
+    >>> fl.pl.history(adata, "sae", ["fvu", "dead_fraction"])
+    """
+    hist = get_history(adata, key)
+    metrics = [metrics] if isinstance(metrics, str) else list(metrics)
+    present = [m for m in metrics if m in hist.columns]
+    if not present:
+        raise ValueError(f"None of {metrics} is in the history; it has {list(hist.columns)}.")
+    if x not in hist.columns:
+        raise ValueError(f"`x={x!r}` is not a history column; use 'step' or 'samples_seen'.")
+    if ax is not None:
+        if len(present) != 1:
+            raise ValueError("`ax=` needs a single metric.")
+        axes = np.array([ax])
+        fig = ax.figure
+    else:
+        fig, axes = plt.subplots(1, len(present), figsize=(3.2 * len(present), 2.8), squeeze=False)
+        axes = axes[0]
+    for a, m in zip(axes, present, strict=True):
+        a.plot(hist[x].to_numpy(), hist[m].to_numpy(), lw=1.2)
+        a.set_xlabel(x.replace("_", " "))
+        a.set_title(m)
+        if logy:
+            a.set_yscale("log")
+    if ax is None:
+        fig.tight_layout()
+    return _finish(fig, show, return_fig, axes if len(axes) > 1 else axes[0])

@@ -1,0 +1,5 @@
+"""Preprocessing of embeddings: control-based whitening and normalisation."""
+
+from ._whiten import apply_whitening, normalize_embedding, whiten
+
+__all__ = ["apply_whitening", "normalize_embedding", "whiten"]

@@ -1,0 +1,1 @@
+"""Vectorised statistics over many features at once (no AnnData)."""
