@@ -93,7 +93,7 @@ def _model_from_entry(entry: dict):
             entry,
             architecture=p["architecture"],
             k=p["k"] if p.get("k") is not None else 1,
-            l1_coef=p.get("l1_coef", 0.0),
+            l1_coef=p.get("l1_coef") or 0.0,
         )
     if p.get("method") == "icfl":
         return ICFL.from_arrays(
@@ -329,7 +329,7 @@ def sae(
     n_features: int | None = None,
     expansion: float = 8,
     k: int | None = None,
-    l1_coef: float = 1e-3,
+    l1_coef: float = 1e-2,
     auxk: bool = True,
     k_aux: int | None = None,
     auxk_coef: float = 1.0 / 32.0,
@@ -381,7 +381,10 @@ def sae(
     k
         Active features per cell for TopK/BatchTopK (default ``min(32, d // 2)``, at least 1).
     l1_coef
-        L1 weight for vanilla/ReLU.
+        Weight of the L1 penalty for vanilla/ReLU: loss = mean squared error per input
+        dimension + ``l1_coef`` * (sum of activations per cell). With the default normalisation
+        (average per-dimension variance 1), 1e-2 gives about a quarter of the features active
+        per cell on a 30-dimensional PCA; raise it for sparser codes.
     auxk
         Use the AuxK loss (TopK/BatchTopK).
     k_aux
