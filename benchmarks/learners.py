@@ -179,8 +179,6 @@ def bench_step(repeat: int) -> list[str]:
     icfl = ICFL(d, m, n_iter=20, n_per_iter=5, generator=torch.Generator().manual_seed(0))
     icfl.init_from_data(X)
     t_icfl = timed(_step_fn(icfl, X), repeat=repeat)
-    icfl.quantized_training = False
-    t_icfl_exact = timed(_step_fn(icfl, X), repeat=repeat)
     icfl.use_kernel = False
     t_icfl_torch = timed(_step_fn(icfl, X), repeat=max(1, repeat // 2))
     t_naive = timed(_naive_icfl_step(X, m, 20, 5), repeat=1)
@@ -194,8 +192,7 @@ def bench_step(repeat: int) -> list[str]:
         ("TopK k=32, sparse backward (no dead latents, AuxK idle)", t_topk),
         ("TopK k=32, AuxK active (5% dead latents, k_aux=256)", t_topk_aux),
         ("reference: dense-autograd TopK step", t_dense),
-        ("ICFL J=20 L=5 (CPU kernel, int16 Gram updates; default)", t_icfl),
-        ("ICFL J=20 L=5 (CPU kernel, exact float32 Gram)", t_icfl_exact),
+        ("ICFL J=20 L=5 (fused CPU kernel; default)", t_icfl),
         ("ICFL J=20 L=5 (torch batched pursuit, float32)", t_icfl_torch),
         ("reference: naive ICFL pursuit (J full correlation passes)", t_naive),
     ]:

@@ -20,7 +20,7 @@ from featurelens.models import (
     geometric_median,
     pursuit,
 )
-from featurelens.models._pursuit_cpu import HAVE_NUMBA, quantize_gram
+from featurelens.models._pursuit_cpu import HAVE_NUMBA
 from featurelens.models._sparse import gather_preact, sparse_decode, topk_indices
 from featurelens.models.sae import _select_batch_topk
 
@@ -238,27 +238,6 @@ def test_cpu_kernel_equals_torch_pursuit(selection, m):
     model.use_kernel = False
     i2, v2 = model.codes(X)
     np.testing.assert_allclose(_dense_codes(i1, v1, m), _dense_codes(i2, v2, m), atol=1e-5)
-
-
-@pytest.mark.skipif(not HAVE_NUMBA, reason="numba is not installed")
-def test_quantized_gram_kernel_stays_close_to_exact():
-    d, m, n = 64, 2048, 128
-    W = torch.tensor(_unit_rows(m, d, 6), dtype=torch.float32)
-    q = quantize_gram(W)
-    assert q.dtype == np.int16
-    assert np.abs(q / 32767.0 - (W @ W.T).numpy()).max() <= 0.5 / 32767 + 1e-6
-    X = torch.randn(n, d, generator=torch.Generator().manual_seed(2))
-    model = ICFL.from_arrays(
-        {"decoder": W.numpy(), "decoder_bias": np.zeros(d, np.float32)}, n_iter=5, n_per_iter=2, bias="none"
-    )
-    exact = _dense_codes(*model.codes(X), m)
-    approx = _dense_codes(*model.codes(X, quantized=True), m)
-    Wn = W.numpy().astype(np.float64)
-    Xn = X.numpy()
-    err = lambda z: ((Xn - z @ Wn) ** 2).sum()  # noqa: E731
-    assert abs(err(approx) - err(exact)) <= 1e-3 * err(exact)
-    same_support = ((exact != 0) == (approx != 0)).all(axis=1).mean()
-    assert same_support >= 0.8
 
 
 def test_pursuit_tol_stops_when_residual_vanishes():

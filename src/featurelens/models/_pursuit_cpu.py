@@ -2,11 +2,9 @@
 
 Per sample, the correlations ``c`` with all ``M`` atoms (one row, kept in the L1 cache) are
 updated in place with ``L`` rows of the Gram matrix and the next ``L`` atoms are picked in one
-scan, instead of separate full passes for update, block maxima and top-k. Reading Gram rows is
-the memory-bound part of the pursuit; :func:`quantize_gram` stores the Gram matrix as int16
-fixed point (absolute error at most ``0.5 / 32767``, about 1.5e-5), halving that traffic.
-The ``L x L`` least-squares systems are always formed from the float32 atoms and solved in
-float64, so coefficients do not depend on the Gram precision.
+scan, instead of separate full passes for update, group maxima and top-k. Reading the ``L``
+Gram rows is the memory-bound part. The ``L x L`` least-squares systems are formed from the
+float32 atoms and solved in float64.
 
 The samples of a batch are processed in parallel threads.
 """
@@ -23,20 +21,8 @@ try:  # numba ships with scanpy; without it the torch implementation is used
 except ImportError:  # pragma: no cover
     HAVE_NUMBA = False
 
-QSCALE = 32767.0
 _GROUPS = 128
 _FM = {"reassoc", "contract", "nsz", "arcp"}
-
-
-def quantize_gram(weight) -> np.ndarray:
-    """Int16 fixed-point Gram matrix ``round(32767 * W W^T)`` of unit-norm rows (torch in, numpy out)."""
-    m = weight.shape[0]
-    out = np.empty((m, m), dtype=np.int16)
-    step = 1024
-    wt = weight.T.contiguous()
-    for s in range(0, m, step):
-        _quantize_into(np.ascontiguousarray((weight[s : s + step] @ wt).numpy()), out[s : s + step])
-    return out
 
 
 if HAVE_NUMBA:
@@ -136,7 +122,7 @@ if HAVE_NUMBA:
         return True
 
     @njit(cache=True, nogil=True, parallel=True, fastmath=_FM)
-    def pursuit_kernel(c0, Gq, gscale, W, n_iter, L, signed, ridge, energy, tol, out_idx, out_val):
+    def pursuit_kernel(c0, G, W, n_iter, L, signed, ridge, energy, tol, out_idx, out_val):
         """Non-orthogonal ICFL pursuit for every row of ``c0`` (see :func:`featurelens.models.icfl.pursuit`)."""
         B, M = c0.shape
         d = W.shape[1]
@@ -188,20 +174,8 @@ if HAVE_NUMBA:
                 if t == n_iter - 1:
                     break
                 for i in range(L):
-                    ai = np.float32(a[i] * gscale)
-                    g = Gq[S[i]]
+                    ai = np.float32(a[i])
+                    g = G[S[i]]
                     for m in range(M):
                         c[m] -= ai * g[m]
                 _select(c, L, signed, S, best, gmax, gidx, work)
-
-    @njit(cache=True, nogil=True, parallel=True)
-    def _quantize_into(block, out):
-        for i in prange(block.shape[0]):
-            for j in range(block.shape[1]):
-                v = block[i, j] * QSCALE
-                v = min(max(v, -QSCALE), QSCALE)
-                out[i, j] = np.int16(np.round(v))
-
-    def set_threads(n: int) -> None:
-        """Number of threads used by the kernel."""
-        numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))

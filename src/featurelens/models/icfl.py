@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._pursuit_cpu import HAVE_NUMBA, QSCALE, quantize_gram
+from ._pursuit_cpu import HAVE_NUMBA
 from ._sparse import (
     dense_from_flat,
     gram,
@@ -231,12 +231,6 @@ class ICFL(nn.Module):
         self.n_resets = 0
         #: Use the fused numba kernel for the pursuit on the CPU (when numba is installed).
         self.use_kernel = True
-        #: During training of wide dictionaries (at least 2,048 atoms) on the CPU, the kernel's
-        #: correlation updates read an int16 fixed-point Gram matrix (absolute error <= 1.5e-5):
-        #: the update is memory-bound and this halves its traffic. It perturbs only near-tied
-        #: atom choices; least-squares systems are formed from the float32 atoms, and inference
-        #: (:meth:`encode`) always uses the float32 Gram matrix.
-        self.quantized_training = self.n_features >= 2048
 
     @torch.no_grad()
     def init_from_data(self, X: torch.Tensor, how: str = "mean") -> None:
@@ -246,20 +240,17 @@ class ICFL(nn.Module):
 
     # ------------------------------------------------------------------ encoder
     @torch.no_grad()
-    def codes(
-        self, x: torch.Tensor, G: torch.Tensor | None = None, *, quantized: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def codes(self, x: torch.Tensor, G: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Pursuit codes of ``x``: ``(idx, val)`` of shape ``(B, n_iter * n_per_iter)``.
 
         On the CPU the non-orthogonal pursuit runs in a fused, multi-threaded numba kernel;
         elsewhere (GPU, orthogonal pursuit) in batched torch operations. Both give the same
-        codes up to floating-point ties. ``quantized=True`` lets the CPU kernel read an int16
-        fixed-point Gram matrix (used in training, see :attr:`quantized_training`).
+        codes up to floating-point ties.
         """
         W = self.W.detach()
         r0 = x - self.b.detach()
         if self._use_kernel(x):
-            return self._codes_kernel(r0, W, G, quantized)
+            return self._codes_kernel(r0, W, G)
         if G is None:
             G = gram(W)
         c0_all = r0 @ W.T
@@ -285,15 +276,11 @@ class ICFL(nn.Module):
     def _use_kernel(self, x: torch.Tensor) -> bool:
         return self.use_kernel and HAVE_NUMBA and x.device.type == "cpu" and not self.orthogonal
 
-    def _codes_kernel(self, r0, W, G, quantized):
+    def _codes_kernel(self, r0, W, G):
         B = r0.shape[0]
         width = self.n_iter * self.n_per_iter
         Wn = np.ascontiguousarray(W.float().numpy())
-        if quantized:
-            Gk, scale = quantize_gram(W.float()), 1.0 / QSCALE
-        else:
-            Gk = (gram(W) if G is None else G).float().contiguous().numpy()
-            scale = 1.0
+        Gk = (gram(W) if G is None else G).float().contiguous().numpy()
         c0 = np.ascontiguousarray((r0 @ W.T).float().numpy())
         energy = (r0.double() * r0.double()).sum(1).numpy()
         idx = np.zeros((B, width), dtype=np.int64)
@@ -301,7 +288,6 @@ class ICFL(nn.Module):
         pursuit_kernel(
             c0,
             Gk,
-            scale,
             Wn,
             self.n_iter,
             self.n_per_iter,
@@ -332,7 +318,7 @@ class ICFL(nn.Module):
         """Loss of one batch with the pursuit codes held fixed."""
         n = x.shape[0]
         with torch.no_grad():
-            idx, val = self.codes(x, quantized=self.quantized_training)
+            idx, val = self.codes(x)
             width = idx.shape[1]
             rows = torch.arange(n, device=x.device).repeat_interleave(width)
             cols = idx.reshape(-1)

@@ -379,7 +379,7 @@ def sae(
     expansion
         Features per embedding dimension when ``n_features`` is not given.
     k
-        Active features per cell for TopK/BatchTopK (default ``min(32, d // 2)``, at least 1).
+        Active features per cell for TopK/BatchTopK (default ``min(32, d // 2, n_features - 1)``, at least 1).
     l1_coef
         Weight of the L1 penalty for vanilla/ReLU: loss = mean squared error per input
         dimension + ``l1_coef`` * (sum of activations per cell). With the default normalisation
