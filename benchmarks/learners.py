@@ -68,31 +68,45 @@ def bench_encoder(repeat: int) -> list[str]:
     Xn, Wn = X.numpy().astype(np.float64), W.numpy().astype(np.float64)
 
     t_sk = timed(lambda: sparse_encode(Xn, Wn, algorithm="omp", n_nonzero_coefs=nnz), repeat=1, warmup=0)
-    rows = ["| encoder (1024 samples, d=512, M=4096, 100 non-zeros) | seconds | speed-up vs sklearn OMP |",
-            "|---|---:|---:|",
-            f"| sklearn `sparse_encode(algorithm='omp')` (float64) | {t_sk:.3f} | 1.0x |"]
+    rows = [
+        "| encoder (1024 samples, d=512, M=4096, 100 non-zeros) | seconds | speed-up vs sklearn OMP |",
+        "|---|---:|---:|",
+        f"| sklearn `sparse_encode(algorithm='omp')` (float64) | {t_sk:.3f} | 1.0x |",
+    ]
     variants = [
         ("ICFL pursuit, J=20, L=5 (CPU kernel)", {"n_iter": 20, "n_per_iter": 5}),
         ("ICFL pursuit, J=20, L=5 (torch, batched)", {"n_iter": 20, "n_per_iter": 5, "kernel": False}),
         ("batched OMP, J=20, L=5 (orthogonal=True)", {"n_iter": 20, "n_per_iter": 5, "orthogonal": True}),
-        ("batched OMP, J=100, L=1 (same algorithm as sklearn)", {"n_iter": 100, "n_per_iter": 1, "orthogonal": True,
-                                                              "selection": "abs"}),
+        (
+            "batched OMP, J=100, L=1 (same algorithm as sklearn)",
+            {"n_iter": 100, "n_per_iter": 1, "orthogonal": True, "selection": "abs"},
+        ),
     ]
     for name, kw in variants:
         use_kernel = kw.pop("kernel", True)
-        model = ICFL.from_arrays({"decoder": W.numpy(), "decoder_bias": np.zeros(d, np.float32)}, bias="none",
-                                 tol=0.0, **kw)
+        model = ICFL.from_arrays(
+            {"decoder": W.numpy(), "decoder_bias": np.zeros(d, np.float32)}, bias="none", tol=0.0, **kw
+        )
         model.use_kernel = use_kernel
         t = timed(lambda model=model: model.codes(X), repeat=repeat)
         rows.append(f"| {name} | {t:.3f} | {t_sk / t:.1f}x |")
     # agreement of the J=100, L=1 batched OMP with sklearn
-    model = ICFL.from_arrays({"decoder": W.numpy(), "decoder_bias": np.zeros(d, np.float32)}, bias="none", tol=0.0,
-                             n_iter=100, n_per_iter=1, orthogonal=True, selection="abs")
+    model = ICFL.from_arrays(
+        {"decoder": W.numpy(), "decoder_bias": np.zeros(d, np.float32)},
+        bias="none",
+        tol=0.0,
+        n_iter=100,
+        n_per_iter=1,
+        orthogonal=True,
+        selection="abs",
+    )
     z = model.encode(X[:64]).numpy()
     ref = sparse_encode(Xn[:64], Wn, algorithm="omp", n_nonzero_coefs=nnz)
     rows.append("")
-    rows.append(f"Batched OMP (J=100, L=1) vs sklearn OMP on 64 samples: max |difference| of the codes "
-                f"{np.abs(z - ref).max():.2e}, same support in {((z != 0) == (ref != 0)).all(1).mean():.0%} of rows.")
+    rows.append(
+        f"Batched OMP (J=100, L=1) vs sklearn OMP on 64 samples: max |difference| of the codes "
+        f"{np.abs(z - ref).max():.2e}, same support in {((z != 0) == (ref != 0)).all(1).mean():.0%} of rows."
+    )
     return rows
 
 
@@ -238,8 +252,10 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5, help="timed repetitions (median reported)")
     parser.add_argument("--dead-features", type=int, nargs="*", default=[240, 2048])
     args = parser.parse_args()
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-          f"torch {torch.__version__}, numpy {np.__version__}\n")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"torch {torch.__version__}, numpy {np.__version__}\n"
+    )
     if "encoder" in args.only:
         print("\n".join(bench_encoder(args.repeat)), "\n")
     if "step" in args.only:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import numpy as np
 
 try:  # numba ships with scanpy; without it the torch implementation is used
-    import numba
     from numba import njit, prange
 
     HAVE_NUMBA = True
