@@ -55,11 +55,11 @@ def test_each_learner_trains_and_reconstructs_kang(kang, method):
     if method != "icfl":  # a global scale factor leaves the FVU unchanged
         assert rec["fvu"] == pytest.approx(entry["metrics"]["fvu"], rel=1e-3)
     hist = entry["history"]
-    assert {"step", "samples_seen", "loss", "mse", "fvu", "l0", "dead_fraction", "lr"} <= set(hist.columns)
+    assert {"step", "samples_seen", "loss", "mse", "fvu", "l0", "dead_fraction", "n_dead", "lr"} <= set(hist.columns)
     assert hist["step"].iloc[-1] == 599 and hist["fvu"].iloc[-1] < hist["fvu"].iloc[0]
     feats = entry["features"]
     assert list(feats.index[:3]) == ["f0", "f1", "f2"] and feats.shape[0] == 240
-    assert feats["dead_training"].sum() == entry["metrics"]["n_dead_training"]
+    assert feats["dead_training"].sum() == entry["metrics"]["n_dead_training"] == hist["n_dead"].iloc[-1]
 
 
 def test_params_record_every_resolved_option(kang):
@@ -253,7 +253,7 @@ def test_progress_bar_is_shown_and_can_be_turned_off(kang, capsys):
     fl.tl.sae(kang, "X_pca", n_steps=30, progress=False)
     assert capsys.readouterr().err == ""
     fl.tl.sae(kang, "X_pca", n_steps=30, progress=True)
-    assert "30/30" in capsys.readouterr().err
+    assert "sae (topk)" in capsys.readouterr().err  # the bar is drawn from its first step
 
 
 def test_get_accessors_and_history_plot(kang):

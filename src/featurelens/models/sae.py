@@ -8,8 +8,10 @@ encoding (Bricken et al. 2023); the vanilla architecture has no pre-bias::
 
 - ``vanilla`` / ``relu``: ``act = ReLU``, loss = MSE + ``l1_coef`` * sum_m z_m.
 - ``topk``: ``act = ReLU o TopK_k`` (Gao et al. 2024), with the AuxK loss: the ``k_aux``
-  largest pre-activations of *dead* latents (no activation for ``dead_window`` samples)
-  reconstruct the residual ``x - x_hat``; its normalised MSE is added with ``auxk_coef``.
+  largest pre-activations of *dead* latents (no activation for ``dead_window`` samples),
+  taken without ReLU so that latents with only negative pre-activations still receive a
+  gradient, reconstruct the residual ``x - x_hat``; its normalised MSE is added with
+  ``auxk_coef``.
 - ``batchtopk``: in training the ``k * B`` largest activations over the whole batch are kept
   (Bussmann et al. 2024); inference keeps activations above a threshold estimated during
   training (an exponential moving average of the smallest kept activation per batch).
@@ -249,7 +251,7 @@ class SparseAutoencoder(nn.Module):
             main_v = torch.relu(vals[:, : self.k]).reshape(-1)
             main_r = torch.arange(n, device=x.device).repeat_interleave(self.k)
             main_c = idx[:, : self.k].reshape(-1)
-            aux_v = torch.relu(vals[:, self.k :]).reshape(-1) if use_aux else None
+            aux_v = vals[:, self.k :].reshape(-1) if use_aux else None
             aux_c = idx[:, self.k :].reshape(-1) if use_aux else None
             aux_r = torch.arange(n, device=x.device).repeat_interleave(width - self.k) if use_aux else None
         else:
@@ -272,7 +274,7 @@ class SparseAutoencoder(nn.Module):
                 width = aux_idx.shape[1]
                 aux_r = torch.arange(n, device=x.device).repeat_interleave(width)
                 aux_c = aux_idx.reshape(-1)
-                aux_v = torch.relu(gather(aux_r, aux_c))
+                aux_v = gather(aux_r, aux_c)
         x_hat = sparse_decode(main_r, main_c, main_v, self.W_dec, n) + self.b_dec
         mse = (x_hat - x).pow(2).mean()
         loss = mse

@@ -83,6 +83,10 @@ class DeadTracker:
             return self.last_rate
         return self.count.double() / max(self.seen, 1)
 
+    def n_dead(self) -> int:
+        """Number of dead features by the windowed rate."""
+        return int((self.rate() < DEAD_RATE).sum())
+
     def dead_fraction(self) -> float:
         """Fraction of dead features by the windowed rate."""
         return float((self.rate() < DEAD_RATE).double().mean())
@@ -200,6 +204,7 @@ def fit(
                 row = {"step": step, "samples_seen": seen, "loss": float(loss.detach())}
                 row.update({k: float(v) for k, v in out.metrics.items()})
                 row["dead_fraction"] = tracker.dead_fraction()
+                row["n_dead"] = tracker.n_dead()
                 row["lr"] = float(scheduler.get_last_lr()[0])
                 history.append(row)
                 bar.set_postfix(loss=f"{row['loss']:.4g}", fvu=f"{row.get('fvu', math.nan):.3f}", refresh=False)

@@ -437,7 +437,7 @@ def sae(
     ``adata.uns[key_added]["preprocess"]`` : :class:`dict`
         Normalisation (and whitening, when ``use_rep`` came from :func:`featurelens.pp.whiten`).
     ``adata.uns[key_added]["history"]`` : :class:`pandas.DataFrame`
-        One row per logged step: loss, mse, aux_loss, fvu, l0, dead_fraction, lr.
+        One row per logged step: loss, mse, aux_loss, fvu, l0, dead_fraction, n_dead, lr.
     ``adata.uns[key_added]["features"]`` : :class:`pandas.DataFrame`
         One row per feature (``f0``, ``f1``, ...): ``train_fire_rate`` and ``dead_training``.
     ``adata.uns[key_added]["metrics"]`` : :class:`dict`
@@ -446,7 +446,7 @@ def sae(
     Examples
     --------
     >>> import scanpy as sc, featurelens as fl
-    >>> adata = fl.datasets.kang2018()
+    >>> adata = sc.datasets.pbmc3k_processed()
     >>> sc.pp.pca(adata, n_comps=30)
     >>> fl.tl.sae(adata, use_rep="X_pca", architecture="topk")
     >>> adata.obsm["X_sae"]
