@@ -1,5 +1,7 @@
 """Tools: learn dictionaries on embeddings and annotate their features."""
 
 from ._dictionary import encode, icfl, reconstruct, sae
+from ._features import feature_stats, feature_types, selectivity
+from ._probe import linear_probe
 
-__all__ = ["encode", "icfl", "reconstruct", "sae"]
+__all__ = ["encode", "feature_stats", "feature_types", "icfl", "linear_probe", "reconstruct", "sae", "selectivity"]

@@ -28,8 +28,12 @@ ARCHITECTURES = ("vanilla", "relu", "topk", "batchtopk")
 SELECTIONS = ("signed", "abs")
 ICFL_BIAS = ("mean", "learned", "none")
 
-#: Default peak learning rates of Adam (inputs normalised as by the default ``normalize``).
-DEFAULT_LR = {"vanilla": 1e-3, "relu": 1e-3, "topk": 1e-3, "batchtopk": 1e-3, "icfl": 1e-3}
+
+def _default_lr(name: str, d: int) -> float:
+    """Peak Adam learning rate: 3e-3 * min(1, sqrt(32 / d)) for SAEs, 1e-3 for ICFL."""
+    if name == "icfl":
+        return 1e-3
+    return float(3e-3 * min(1.0, np.sqrt(32.0 / d)))
 
 
 # ---------------------------------------------------------------------- defaults and checks
@@ -127,8 +131,8 @@ def _get_entry(adata: AnnData, key: str) -> dict:
     return entry
 
 
-def _encode_rows(model, Y: np.ndarray, device, batch_size: int, progress: bool) -> tuple[sp.csr_matrix, float]:
-    """Sparse codes of all rows of ``Y`` (CSR, float32) and the FVU of their reconstruction."""
+def _encode_rows(model, Y: np.ndarray, device, batch_size: int, progress: bool):
+    """Sparse codes of all rows of ``Y`` (CSR, float32), reconstruction FVU and per-row cosine."""
     import torch
     from tqdm.auto import tqdm
 
@@ -138,6 +142,7 @@ def _encode_rows(model, Y: np.ndarray, device, batch_size: int, progress: bool) 
     model = model.to(device).eval()
     G = gram(model.W.detach()) if isinstance(model, ICFL) else None
     blocks = []
+    cosines = []
     sse = 0.0
     mean = Y.mean(0, dtype=np.float64)
     sst = float(((Y - mean) ** 2).sum(dtype=np.float64))
@@ -147,11 +152,22 @@ def _encode_rows(model, Y: np.ndarray, device, batch_size: int, progress: bool) 
             z = model.encode(x, G) if G is not None else model.encode(x)
             x_hat = model.decode(z)
             sse += float((x - x_hat).double().pow(2).sum())
+            cosines.append(torch.nn.functional.cosine_similarity(x, x_hat, dim=1, eps=1e-12).cpu().numpy())
             blocks.append(sp.csr_matrix(z.float().cpu().numpy()))
     codes = sp.vstack(blocks, format="csr").astype(np.float32)
     codes.eliminate_zeros()
     codes.sort_indices()
-    return codes, (sse / sst if sst > 0 else float("nan"))
+    cos = np.concatenate(cosines).astype(np.float64) if cosines else np.zeros(0)
+    return codes, (sse / sst if sst > 0 else float("nan")), cos
+
+
+def _quality(fvu: float, cos: np.ndarray) -> dict:
+    return {
+        "fvu": float(fvu),
+        "mean_cosine": float(np.mean(cos)),
+        "median_cosine": float(np.median(cos)),
+        "n_obs": int(cos.shape[0]),
+    }
 
 
 def _resolve_input(adata: AnnData, entry: dict, use_rep: str | None, whiten: bool | None) -> tuple[str, bool]:
@@ -259,7 +275,7 @@ def _learn(
         err.model = model
         raise
     seconds = time.perf_counter() - t0
-    codes, fvu = _encode_rows(model, Y, dev, batch_size=4096, progress=progress)
+    codes, fvu, cos = _encode_rows(model, Y, dev, batch_size=4096, progress=progress)
     rate = tracker.rate().cpu().numpy()
 
     preprocess = Preprocess(normalizer=normalizer).to_dict()
@@ -288,6 +304,7 @@ def _learn(
         "preprocess": preprocess,
         "history": history_frame(history),
         "features": _training_features(n_features, rate),
+        "quality": _quality(fvu, cos),
         "metrics": {
             "fvu": float(fvu),
             "l0": float(codes.getnnz(axis=1).mean()),
@@ -302,6 +319,7 @@ def _learn(
     adata = adata.copy() if copy else adata
     view_to_actual(adata)
     adata.obsm[f"X_{key}"] = codes
+    adata.obs[f"{key}_cosine"] = cos.astype(np.float32)
     adata.uns[key] = entry
     return adata if copy else None
 
@@ -316,7 +334,7 @@ def _resolve_training_options(
     batch_size = _default_batch_size(n_obs) if batch_size is None else min(int(batch_size), n_obs)
     n_steps = _default_n_steps(n_obs, batch_size) if n_steps is None else int(n_steps)
     dead_window = _default_dead_window(n_steps, batch_size) if dead_window is None else int(dead_window)
-    lr = DEFAULT_LR[name] if lr is None else float(lr)
+    lr = _default_lr(name, d) if lr is None else float(lr)
     return n_features, batch_size, n_steps, dead_window, lr
 
 
@@ -392,7 +410,8 @@ def sae(
     auxk_coef
         AuxK weight (1/32).
     lr
-        Peak Adam learning rate (default 1e-3; linear warm-up, linear decay over the last 20%).
+        Peak Adam learning rate (default ``3e-3 * min(1, sqrt(32 / d))``: 3e-3 up to 32
+        dimensions, 7.5e-4 at 512; linear warm-up, linear decay over the last 20%).
     batch_size
         Cells per step (default ``min(n_obs, 1024)``).
     n_steps
@@ -442,6 +461,12 @@ def sae(
         One row per feature (``f0``, ``f1``, ...): ``train_fire_rate`` and ``dead_training``.
     ``adata.uns[key_added]["metrics"]`` : :class:`dict`
         FVU and mean L0 on all cells, number of dead features, training time.
+    ``adata.uns[key_added]["quality"]`` : :class:`dict`
+        Reconstruction quality on these cells: ``fvu`` (squared error over the total variance
+        about the per-dimension mean), ``mean_cosine``, ``median_cosine``, ``n_obs``, computed in
+        the dictionary's (normalised) input space.
+    ``adata.obs[f"{key_added}_cosine"]`` : float
+        Cosine similarity between every cell's embedding and its reconstruction.
 
     Examples
     --------
@@ -633,8 +658,10 @@ def icfl(
         Codes (summed coefficients per atom).
     ``adata.uns[key_added]`` : :class:`dict`
         ``"params"``, ``"decoder"`` (atoms, n_features x d, unit norm), ``"decoder_bias"``,
-        ``"preprocess"``, ``"history"``, ``"features"`` and ``"metrics"`` as for :func:`sae`
-        (``metrics["n_resets"]`` counts redrawn atoms).
+        ``"preprocess"``, ``"history"``, ``"features"``, ``"metrics"`` and ``"quality"`` as for
+        :func:`sae` (``metrics["n_resets"]`` counts redrawn atoms).
+    ``adata.obs[f"{key_added}_cosine"]`` : float
+        Cosine similarity between every cell's embedding and its reconstruction.
 
     Examples
     --------
@@ -757,6 +784,27 @@ def _prepared_input(adata, entry, use_rep, whiten):
     return rep, X, Y, ctx, pre
 
 
+def _decode_codes(model, Z, batch_size: int = 8192) -> np.ndarray:
+    """Decode activations (dense or sparse, cells x features) in batches of rows."""
+    import torch
+
+    out = []
+    with torch.no_grad():
+        for s in range(0, Z.shape[0], batch_size):
+            blk = Z[s : s + batch_size]
+            blk = blk.toarray() if sp.issparse(blk) else np.asarray(blk)
+            out.append(model.decode(torch.from_numpy(np.ascontiguousarray(blk, dtype=np.float32))).numpy())
+    d = np.asarray(model.to_arrays()["decoder"]).shape[1]
+    return np.concatenate(out) if out else np.zeros((0, d), np.float32)
+
+
+def _reconstruction(adata, entry, codes, use_rep, whiten):
+    """Input embedding and its reconstruction from ``codes``, in the space of the input."""
+    rep, X, _, ctx, pre = _prepared_input(adata, entry, use_rep, whiten)
+    Yhat = _decode_codes(_model_from_entry(entry), codes)
+    return rep, X, pre.inverse(Yhat, ctx), ctx, pre
+
+
 def encode(
     adata: AnnData,
     key: str,
@@ -811,6 +859,11 @@ def encode(
         Feature activations.
     ``adata.uns[key_added]`` : :class:`dict`
         A copy of the dictionary, when it came from ``source`` or ``key_added != key``.
+    ``adata.uns[key_added]["quality"]`` : :class:`dict`
+        Reconstruction quality on these cells (held-out cells, for a new dataset): ``fvu``,
+        ``mean_cosine``, ``median_cosine``, ``n_obs``.
+    ``adata.obs[f"{key_added}_cosine"]`` : float
+        Cosine similarity between every cell's embedding and its reconstruction.
 
     Examples
     --------
@@ -824,13 +877,15 @@ def encode(
     key_added = key if key_added is None else str(key_added)
     _, _, Y, _, _ = _prepared_input(adata, entry, use_rep, whiten)
     model = _model_from_entry(entry)
-    codes, _ = _encode_rows(model, Y, resolve_device(device), batch_size=batch_size, progress=progress)
+    codes, fvu, cos = _encode_rows(model, Y, resolve_device(device), batch_size=batch_size, progress=progress)
     new_entry = _copy_entry(entry) if (src is not adata or key_added != key) else None
     adata = adata.copy() if copy else adata
     view_to_actual(adata)
     adata.obsm[f"X_{key_added}"] = codes
+    adata.obs[f"{key_added}_cosine"] = cos.astype(np.float32)
     if new_entry is not None:
         adata.uns[key_added] = new_entry
+    adata.uns[key_added]["quality"] = _quality(fvu, cos)
     return adata if copy else None
 
 
@@ -874,15 +929,16 @@ def reconstruct(
     ``adata.obsm[key_added]`` : :class:`numpy.ndarray` (n_obs, d), float32
         The reconstruction.
     ``adata.uns[key]["reconstruction"]`` : :class:`dict`
-        ``use_rep``, ``obsm_key`` and ``fvu`` (fraction of variance of ``use_rep`` unexplained).
+        ``use_rep``, ``obsm_key``, ``fvu`` (squared error over the total variance of ``use_rep``
+        about its per-dimension mean), ``mean_cosine`` and ``median_cosine``.
+    ``adata.obs[f"{key}_recon_cosine"]`` : float
+        Cosine similarity between every cell's embedding and its reconstruction.
 
     Examples
     --------
     >>> fl.tl.reconstruct(adata, "sae")
     >>> adata.uns["sae"]["reconstruction"]["fvu"]
     """
-    import torch
-
     check_adata(adata)
     entry = _get_entry(adata, key)
     obsm_codes = f"X_{key}"
@@ -892,12 +948,7 @@ def reconstruct(
     n_feat = np.asarray(entry["decoder"]).shape[0]
     if codes.shape != (adata.n_obs, n_feat):
         raise ValueError(f"adata.obsm[{obsm_codes!r}] has shape {codes.shape}, expected ({adata.n_obs}, {n_feat}).")
-    rep, X, _, ctx, pre = _prepared_input(adata, entry, use_rep, whiten)
-    model = _model_from_entry(entry)
-    Z = codes.toarray() if sp.issparse(codes) else np.asarray(codes)
-    with torch.no_grad():
-        Yhat = model.decode(torch.from_numpy(np.ascontiguousarray(Z, dtype=np.float32))).numpy()
-    Xhat = pre.inverse(Yhat, ctx)
+    rep, X, Xhat, ctx, pre = _reconstruction(adata, entry, codes, use_rep, whiten)
     if ctx.get("whitened") and pre.whitening is not None and pre.whitening.n_comps < X.shape[1]:
         warnings.warn(
             f"The whitening kept {pre.whitening.n_comps} of {X.shape[1]} components: the reconstruction lies in "
@@ -910,6 +961,16 @@ def reconstruct(
     key_added = f"X_{key}_recon" if key_added is None else str(key_added)
     adata = adata.copy() if copy else adata
     view_to_actual(adata)
+    num = np.einsum("ij,ij->i", X, Xhat, dtype=np.float64)
+    den = np.linalg.norm(X, axis=1) * np.linalg.norm(Xhat, axis=1)
+    cos = np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
     adata.obsm[key_added] = Xhat.astype(np.float32)
-    adata.uns[key]["reconstruction"] = {"use_rep": rep, "obsm_key": key_added, "fvu": fvu}
+    adata.obs[f"{key}_recon_cosine"] = cos.astype(np.float32)
+    adata.uns[key]["reconstruction"] = {
+        "use_rep": rep,
+        "obsm_key": key_added,
+        "fvu": fvu,
+        "mean_cosine": float(cos.mean()),
+        "median_cosine": float(np.median(cos)),
+    }
     return adata if copy else None
