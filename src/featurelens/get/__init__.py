@@ -1,5 +1,5 @@
 """Accessors returning results stored in an AnnData as DataFrames."""
 
-from ._get import dictionary, features, history
+from ._get import dge, dictionary, enrichment, features, history
 
-__all__ = ["dictionary", "features", "history"]
+__all__ = ["dge", "dictionary", "enrichment", "features", "history"]

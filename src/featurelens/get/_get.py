@@ -76,3 +76,71 @@ def dictionary(adata: AnnData, key: str = "sae", *, names: list[str] | None = No
     dec = np.asarray(entry["decoder"])
     cols = [f"dim{i}" for i in range(dec.shape[1])] if names is None else list(names)
     return pd.DataFrame(dec, index=entry["features"].index.astype(str), columns=cols)
+
+
+def _long_table(adata: AnnData, key: str, sub: str, feature, tool: str) -> pd.DataFrame:
+    entry = _get_entry(adata, key)
+    if sub not in entry:
+        raise ValueError(f"No {sub} results for {key!r}; run `fl.tl.{tool}(adata, {key!r})` first.")
+    res = entry[sub]["results"]
+    if feature is None:
+        return res.copy()
+    names = entry["features"].index.astype(str)
+    if isinstance(feature, int | np.integer) and not isinstance(feature, bool):
+        feature = names[int(feature)]
+    feats = [str(feature)] if isinstance(feature, str | np.str_) else [str(f) for f in feature]
+    unknown = [f for f in feats if f not in set(names)]
+    if unknown:
+        raise ValueError(f"Unknown feature(s) {unknown}; features are named {names[0]!r} ... {names[-1]!r}.")
+    out = res[res["feature"].astype(str).isin(feats)].copy()
+    for c in out.columns:
+        if isinstance(out[c].dtype, pd.CategoricalDtype):
+            out[c] = out[c].cat.remove_unused_categories()
+    return out.reset_index(drop=True)
+
+
+def dge(adata: AnnData, key: str = "sae", feature=None) -> pd.DataFrame:
+    """High-vs-low differential expression results of :func:`featurelens.tl.high_vs_low`.
+
+    Parameters
+    ----------
+    adata
+        Annotated data matrix holding the results.
+    key
+        Key of the dictionary.
+    feature
+        A feature name (``"f3"``), position or list of them; default: all features.
+
+    Returns
+    -------
+    Long table, one row per (feature, gene) with adjusted p below the stored ``store_pval``,
+    sorted by feature and adjusted p.
+
+    Examples
+    --------
+    >>> fl.get.dge(adata, "sae", "f12").query("direction == 'up'").head(20)
+    """
+    return _long_table(adata, key, "dge", feature, "high_vs_low")
+
+
+def enrichment(adata: AnnData, key: str = "sae", feature=None) -> pd.DataFrame:
+    """Gene-set enrichment results of :func:`featurelens.tl.enrich` and :func:`featurelens.tl.gsea`.
+
+    Parameters
+    ----------
+    adata
+        Annotated data matrix holding the results.
+    key
+        Key of the dictionary.
+    feature
+        A feature name, position or list of them; default: all features.
+
+    Returns
+    -------
+    Long table, one row per (feature, term, test) with p below the stored ``store_pval``.
+
+    Examples
+    --------
+    >>> fl.get.enrichment(adata, "sae", "f12").query("test == 'binomial_up'").nsmallest(5, "padj")
+    """
+    return _long_table(adata, key, "enrichment", feature, "enrich")

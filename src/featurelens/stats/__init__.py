@@ -1,5 +1,31 @@
 """Vectorised statistics over many features at once (no AnnData)."""
 
 from ._groups import GroupMoments, alpha_scores, group_moments, pearson_max_partner, selectivity_scores
+from ._tests import (
+    BinomialResult,
+    MWUResult,
+    SetMoments,
+    average_ranks,
+    bh_adjust,
+    binomial_sets,
+    mannwhitney_sets,
+    set_moments,
+    welch_ttest,
+)
 
-__all__ = ["GroupMoments", "alpha_scores", "group_moments", "pearson_max_partner", "selectivity_scores"]
+__all__ = [
+    "BinomialResult",
+    "GroupMoments",
+    "MWUResult",
+    "SetMoments",
+    "alpha_scores",
+    "average_ranks",
+    "bh_adjust",
+    "binomial_sets",
+    "group_moments",
+    "mannwhitney_sets",
+    "pearson_max_partner",
+    "selectivity_scores",
+    "set_moments",
+    "welch_ttest",
+]

@@ -1,7 +1,18 @@
 """Tools: learn dictionaries on embeddings and annotate their features."""
 
+from ._dge import high_vs_low
 from ._dictionary import encode, icfl, reconstruct, sae
 from ._features import feature_stats, feature_types, selectivity
 from ._probe import linear_probe
 
-__all__ = ["encode", "feature_stats", "feature_types", "icfl", "linear_probe", "reconstruct", "sae", "selectivity"]
+__all__ = [
+    "encode",
+    "feature_stats",
+    "feature_types",
+    "high_vs_low",
+    "icfl",
+    "linear_probe",
+    "reconstruct",
+    "sae",
+    "selectivity",
+]
