@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 from scipy import special
 from scipy.stats import norm
@@ -148,6 +149,7 @@ def set_moments(
             torch.from_numpy(sub.indices.astype(np.int64)),
             torch.from_numpy(sub.data),
             size=sub.shape,
+            check_invariants=False,
         )
         acc += t @ dense
     out = acc.numpy()
@@ -223,6 +225,31 @@ def bh_adjust(p, *, axis: int = -1, n_tests: int | None = None) -> np.ndarray:
     np.put_along_axis(out, order, adj, axis=1)
     out[nan] = np.nan
     return np.moveaxis(out.reshape(shape), -1, axis)
+
+
+def bh_adjust_grouped(p, groups, *, n_tests: int) -> np.ndarray:
+    """Benjamini-Hochberg adjustment within groups of a flat array of p-values.
+
+    Every group is a family of ``n_tests`` tests of which only the listed ones are given; the
+    missing ones have p = 1 and do not change the adjusted values of the listed ones.
+    """
+    p = np.asarray(p, dtype=np.float64)
+    groups = np.asarray(groups)
+    if p.size == 0:
+        return p.copy()
+    order = np.lexsort((p, groups))
+    g, ps = groups[order], p[order]
+    start = np.r_[0, np.flatnonzero(g[1:] != g[:-1]) + 1]
+    first = np.repeat(start, np.diff(np.r_[start, g.size]))
+    rank = np.arange(g.size) - first + 1
+    adj = ps * n_tests / rank
+    # cumulative minimum from the end of each group: reverse, then a running minimum per group
+    rev = adj[::-1]
+    grp_rev = g[::-1]
+    out_rev = pd.Series(rev).groupby(grp_rev, sort=False).cummin().to_numpy()
+    out = np.empty_like(p)
+    out[order] = np.minimum(out_rev[::-1], 1.0)
+    return out
 
 
 # ---------------------------------------------------------------------------- ranks and MWU

@@ -2,13 +2,16 @@
 
 from ._dge import high_vs_low
 from ._dictionary import encode, icfl, reconstruct, sae
+from ._enrich import enrich, gsea
 from ._features import feature_stats, feature_types, selectivity
 from ._probe import linear_probe
 
 __all__ = [
     "encode",
+    "enrich",
     "feature_stats",
     "feature_types",
+    "gsea",
     "high_vs_low",
     "icfl",
     "linear_probe",

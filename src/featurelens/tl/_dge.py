@@ -62,8 +62,12 @@ def resolve_features(entry: dict, features) -> np.ndarray:
     return np.asarray(out, dtype=np.int64)
 
 
-def _feature_groups(adata, entry, Zc, codes, groups, feat_idx, groupby) -> np.ndarray:
-    """The group of every feature: its local group when typed with this groupby, else where it is most active."""
+def _feature_groups(entry, Zc, codes, groups, feat_idx, groupby, min_high, min_low) -> np.ndarray:
+    """The group of every feature: its local group when typed with this groupby, else where it is most active.
+
+    "Most active" is the highest mean activation among the groups with at least ``min_high``
+    active and ``min_low`` inactive cells (among all groups when none qualifies).
+    """
     n_groups = len(groups)
     out = np.empty(len(feat_idx), dtype=np.int64)
     feats = entry["features"]
@@ -79,8 +83,12 @@ def _feature_groups(adata, entry, Zc, codes, groups, feat_idx, groupby) -> np.nd
             out[j] = groups.get_loc(str(feats["group"].iloc[f]))
             continue
         lo, hi = Zc.indptr[f], Zc.indptr[f + 1]
-        sums = np.bincount(codes[Zc.indices[lo:hi]], weights=Zc.data[lo:hi], minlength=n_groups)
-        out[j] = int(np.argmax(sums / np.maximum(counts, 1)))
+        rows, vals = Zc.indices[lo:hi], Zc.data[lo:hi]
+        sums = np.bincount(codes[rows], weights=vals, minlength=n_groups)
+        n_act = np.bincount(codes[rows[vals > 0]], minlength=n_groups)
+        means = sums / np.maximum(counts, 1)
+        ok = (n_act >= min_high) & (counts - n_act >= min_low)
+        out[j] = int(np.argmax(np.where(ok, means, -np.inf))) if ok.any() else int(np.argmax(means))
     return out
 
 
@@ -91,16 +99,23 @@ def _cell_sets(Zc, f, pool, high_quantile, n_low, min_high, min_low, rng):
     z[Zc.indices[lo:hi]] = Zc.data[lo:hi]
     zp = z[pool]
     if not (zp > 0).any():
-        return None, None, "never active in its cells"
+        return None, None, "never active in its cells", ""
     thr = np.quantile(zp, high_quantile)
     high = pool[(zp >= thr) & (zp > 0)]
-    zero = pool[zp == 0]
+    rule = "quantile"
     if high.size < min_high:
-        return None, None, f"{high.size} high cells (fewer than min_high={min_high})"
+        n_active = int((zp > 0).sum())
+        if n_active < min_high:
+            return None, None, f"{n_active} active cells (fewer than min_high={min_high})", ""
+        # too few cells above the quantile: the min_high most active cells instead
+        top = np.argsort(-zp, kind="stable")[:min_high]
+        high = np.sort(pool[top])
+        rule = f"top {min_high}"
+    zero = pool[zp == 0]
     if zero.size < min_low:
-        return None, None, f"{zero.size} cells with zero activation (fewer than min_low={min_low})"
+        return None, None, f"{zero.size} cells with zero activation (fewer than min_low={min_low})", ""
     low = np.sort(rng.choice(zero, size=n_low, replace=False)) if zero.size > n_low else zero
-    return high, low, ""
+    return high, low, "", rule
 
 
 def high_vs_low(
@@ -131,10 +146,11 @@ def high_vs_low(
     expression on the linear scale (``expm1`` is undone first when the values are log1p
     transformed): ``log2((mean_high + pseudocount) / (mean_low + pseudocount))``.
 
-    With ``groupby`` the contrast stays inside the feature's own group (its local group from
+    With ``groupby`` the contrast stays inside the feature's own group: its local group from
     :func:`~featurelens.tl.feature_types` with the same ``groupby``, otherwise the group where
-    its mean activation is highest): both the quantile and the zero cells are taken within
-    that group, which removes differences between groups from the comparison.
+    its mean activation is highest among groups with enough active and inactive cells. Both
+    the quantile and the zero cells are taken within that group, which removes differences
+    between groups from the comparison.
 
     All features are processed together in chunks: high and low cells become sparse indicator
     matrices that multiply the expression matrix, so memory stays bounded.
@@ -158,7 +174,10 @@ def high_vs_low(
     n_low
         Maximum number of zero-activation cells.
     min_high, min_low
-        Minimum group sizes; features below them are skipped with the reason recorded.
+        Minimum group sizes. When fewer than ``min_high`` cells reach the quantile (small data or
+        a small group), the ``min_high`` most active cells are the high cells instead
+        (``high_rule`` records which); features with fewer active or zero cells than these
+        minima are skipped with the reason recorded.
     log1p
         Whether the values are ``log1p`` transformed (default: detected from ``adata.uns["log1p"]``
         or non-integer values).
@@ -183,10 +202,13 @@ def high_vs_low(
     ``adata.uns[key]["dge"]["summary"]`` : :class:`pandas.DataFrame`
         One row per requested feature: ``n_high``, ``n_low``, ``group`` (with ``groupby``),
         ``n_up`` / ``n_down`` (genes with adjusted p < 0.05 and positive / negative fold
-        change), ``skipped`` (the reason, ``""`` when tested).
+        change), ``high_rule`` (``"quantile"`` or ``"top <min_high>"``), ``skipped`` (the
+        reason, ``""`` when tested).
     ``adata.uns[key]["dge"]["results"]`` : :class:`pandas.DataFrame`
         Long table of genes with ``padj < store_pval``: ``feature``, ``gene``, ``log2fc``, ``t``,
         ``pval``, ``padj``, ``mean_high``, ``mean_low`` (linear scale), ``direction``.
+    ``adata.uns[key]["dge"]["high_cells"]`` : :class:`scipy.sparse.csr_matrix` (features x cells)
+        Which cells were the high cells of each feature (rows in the order of the summary).
     ``adata.uns[key]["dge"]["params"]`` : :class:`dict`
         The options used.
     ``adata.varm[f"{key}_log2fc"]`` : :class:`numpy.ndarray` (n_vars, n_features), float32
@@ -220,14 +242,25 @@ def high_vs_low(
 
     Zc = Z.tocsc()
     names = entry["features"].index.astype(str)
-    fgroups = _feature_groups(adata, entry, Zc, codes, groups, feat_idx, groupby) if groupby is not None else None
+    fgroups = (
+        _feature_groups(entry, Zc, codes, groups, feat_idx, groupby, min_high, min_low) if groupby is not None else None
+    )
     all_cells = np.arange(adata.n_obs)
     genes = adata.var_names.astype(str)
     lfc_all = np.full((adata.n_vars, len(names)), np.nan, dtype=np.float32)
-    summary: dict[str, list[Any]] = {"n_high": [], "n_low": [], "n_up": [], "n_down": [], "skipped": []}
+    summary: dict[str, list[Any]] = {
+        "n_high": [],
+        "n_low": [],
+        "n_up": [],
+        "n_down": [],
+        "high_rule": [],
+        "skipped": [],
+    }
     if groupby is not None:
         summary["group"] = []
     tables = []
+    high_rows: list[np.ndarray] = []
+    high_cols: list[np.ndarray] = []
     bar = tqdm(total=len(feat_idx), desc="high vs low", disable=not progress, leave=False)
     for start in range(0, len(feat_idx), chunk_size):
         chunk = feat_idx[start : start + chunk_size]
@@ -235,13 +268,16 @@ def high_vs_low(
         for j, f in enumerate(chunk):
             pool = all_cells if fgroups is None else np.flatnonzero(codes == fgroups[start + j])
             rng = np.random.default_rng([int(random_state), int(f)])
-            high, low, reason = _cell_sets(Zc, f, pool, high_quantile, n_low, min_high, min_low, rng)
+            high, low, reason, rule = _cell_sets(Zc, f, pool, high_quantile, n_low, min_high, min_low, rng)
             summary["skipped"].append(reason)
+            summary["high_rule"].append(rule)
             summary["n_high"].append(0 if high is None else int(high.size))
             summary["n_low"].append(0 if low is None else int(low.size))
             if fgroups is not None:
                 summary["group"].append(str(groups[fgroups[start + j]]))
             if high is not None:
+                high_rows.append(np.full(high.size, start + j))
+                high_cols.append(high)
                 highs.append(high)
                 lows.append(low)
                 tested.append(j)
@@ -293,13 +329,17 @@ def high_vs_low(
         results[c] = results[c].astype(str).astype("category")
     summ = pd.DataFrame(summary, index=pd.Index(names[feat_idx], name=None))
     if groupby is not None:
-        summ = summ[["n_high", "n_low", "group", "n_up", "n_down", "skipped"]]
+        summ = summ[["n_high", "n_low", "group", "n_up", "n_down", "high_rule", "skipped"]]
         summ["group"] = summ["group"].astype("category")
     n_skipped = int((summ["skipped"] != "").sum())
     if n_skipped == len(summ):
         warnings.warn("Every feature was skipped (see the 'skipped' column of the summary).", UserWarning, stacklevel=2)
+    hr = np.concatenate(high_rows) if high_rows else np.zeros(0, np.int64)
+    hc = np.concatenate(high_cols) if high_cols else np.zeros(0, np.int64)
+    high_cells = sp.csr_matrix((np.ones(hr.size, dtype=np.int8), (hr, hc)), shape=(len(feat_idx), adata.n_obs))
     entry["dge"] = {
         "summary": summ,
+        "high_cells": high_cells,
         "results": results,
         "params": plain_params(
             {

@@ -1,0 +1,507 @@
+"""Gene-set enrichment of every feature: binomial over-representation, Mann-Whitney U, GSEA."""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from anndata import AnnData
+
+from .._utils import check_adata, plain_params, version
+from ..stats import bh_adjust, bh_adjust_grouped, binomial_sets, mannwhitney_sets
+from ._dge import expression_matrix, resolve_features
+from ._dictionary import _get_entry
+
+METHODS = ("binomial", "mwu")
+RESULT_COLUMNS = [
+    "feature",
+    "term",
+    "name",
+    "test",
+    "n_term",
+    "n_deg",
+    "hits",
+    "expected",
+    "fold_enrichment",
+    "statistic",
+    "z",
+    "auc",
+    "direction",
+    "pval",
+    "padj",
+]
+
+
+def gene_set_membership(
+    gene_sets,
+    genes: pd.Index,
+    *,
+    min_size: int = 20,
+    max_size: int = 500,
+) -> tuple[sp.csc_matrix, pd.DataFrame]:
+    """Sparse genes x terms membership restricted to ``genes`` (the universe), with sizes filtered.
+
+    Parameters
+    ----------
+    gene_sets
+        Anything :func:`featurelens.io.read_gene_sets` accepts.
+    genes
+        Gene identifiers of the universe (same kind as in the gene sets, e.g. symbols).
+    min_size, max_size
+        Inclusive bounds on the number of universe genes in a term.
+
+    Returns
+    -------
+    The membership matrix (universe genes x kept terms) and a table of the kept terms
+    (``term``, ``name``, ``n_term``).
+
+    Raises
+    ------
+    ValueError
+        When too few universe genes appear in the gene sets (for example Ensembl ids against
+        symbols), or no term is left after the size filter.
+    """
+    from ..io import read_gene_sets
+
+    gs = read_gene_sets(gene_sets)
+    genes = pd.Index(genes.astype(str))
+    pos = genes.get_indexer(gs["gene"].to_numpy())
+    found = pos >= 0
+    n_overlap = int(np.unique(pos[found]).size)
+    frac = n_overlap / max(len(genes), 1)
+    if n_overlap < 50 or frac < 0.05:
+        example = ", ".join(genes[:3])
+        hint = (
+            " The gene names look like Ensembl ids: pass `gene_symbols=` the adata.var column with gene symbols."
+            if re.match(r"^ENS[A-Z]*G\d+", str(genes[0]) if len(genes) else "")
+            else " If adata.var_names are not the identifiers used by the gene sets, pass `gene_symbols=` the "
+            "adata.var column that holds them."
+        )
+        raise ValueError(
+            f"Only {n_overlap} of {len(genes)} genes ({frac:.1%}) appear in the gene sets (genes look like: "
+            f"{example}).{hint}"
+        )
+    gs = gs.loc[found].assign(pos=pos[found]).drop_duplicates(["term", "pos"])
+    codes, terms = pd.factorize(gs["term"], sort=False)
+    sizes = np.bincount(codes, minlength=len(terms))
+    keep = (sizes >= min_size) & (sizes <= max_size)
+    if not keep.any():
+        raise ValueError(
+            f"No gene set has between {min_size} and {max_size} genes among the {len(genes)} measured genes; "
+            "adjust `min_size`/`max_size`."
+        )
+    new_code = np.full(len(terms), -1)
+    new_code[keep] = np.arange(int(keep.sum()))
+    sel = new_code[codes] >= 0
+    M = sp.csc_matrix(
+        (np.ones(int(sel.sum())), (gs["pos"].to_numpy()[sel], new_code[codes][sel])),
+        shape=(len(genes), int(keep.sum())),
+    )
+    names = gs.drop_duplicates("term").set_index("term")["name"]
+    kept_terms = pd.Index(terms[keep])
+    info = pd.DataFrame({"term": kept_terms, "name": names.loc[kept_terms].to_numpy(), "n_term": sizes[keep]})
+    return M, info
+
+
+def _universe(adata: AnnData, layer: str | None, gene_symbols: str | None) -> tuple[np.ndarray, pd.Index]:
+    """Positions of measured genes (non-zero in at least one cell) and their identifiers."""
+    X = expression_matrix(adata, layer)
+    nz = np.asarray((X != 0).sum(axis=0)).ravel() if sp.issparse(X) else (np.asarray(X) != 0).sum(axis=0)
+    measured = np.flatnonzero(nz > 0)
+    if gene_symbols is None:
+        ids = adata.var_names
+    else:
+        if gene_symbols not in adata.var:
+            cols = ", ".join(map(repr, adata.var.columns)) or "nothing"
+            raise ValueError(f"`gene_symbols={gene_symbols!r}` is not a column of adata.var, which has {cols}.")
+        ids = pd.Index(adata.var[gene_symbols].astype(str))
+    return measured, pd.Index(ids.astype(str)[measured])
+
+
+def _deg_sets(results: pd.DataFrame, feats: pd.Index, gene_pos: pd.Index, padj, lfc, fallback_padj):
+    """Sparse up / down DEG indicators (features x universe genes) and the rule used per feature."""
+    res = results[results["feature"].astype(str).isin(set(feats))]
+    f_pos = feats.get_indexer(res["feature"].astype(str))
+    g_pos = gene_pos.get_indexer(res["gene"].astype(str))
+    ok = g_pos >= 0
+    res, f_pos, g_pos = res.loc[ok], f_pos[ok], g_pos[ok]
+    p = res["padj"].to_numpy()
+    fc = res["log2fc"].to_numpy()
+    strict_up = (p < padj) & (fc >= lfc)
+    strict_dn = (p < padj) & (fc <= -lfc)
+    has_strict = np.zeros(len(feats), bool)
+    has_strict[f_pos[strict_up | strict_dn]] = True
+    loose = ~has_strict[f_pos]
+    up = np.where(loose, (p < fallback_padj) & (fc > 0), strict_up)
+    dn = np.where(loose, (p < fallback_padj) & (fc < 0), strict_dn)
+    shape = (len(feats), len(gene_pos))
+
+    def mat(mask):
+        return sp.csr_matrix((np.ones(int(mask.sum())), (f_pos[mask], g_pos[mask])), shape=shape)
+
+    rule = np.where(has_strict, f"padj<{padj:g} & |log2fc|>={lfc:g}", f"padj<{fallback_padj:g}")
+    return mat(up), mat(dn), rule
+
+
+def enrich(
+    adata: AnnData,
+    key: str = "sae",
+    gene_sets="GO_BP",
+    *,
+    methods=METHODS,
+    min_size: int = 20,
+    max_size: int = 500,
+    gene_symbols: str | None = None,
+    features=None,
+    deg_padj: float = 1e-5,
+    deg_log2fc: float = 1.0,
+    fallback_padj: float = 0.05,
+    store_pval: float = 0.05,
+    chunk_size: int = 1000,
+    progress: bool = True,
+) -> None:
+    """Gene-set enrichment of every feature's high-vs-low differential expression.
+
+    Needs :func:`~featurelens.tl.high_vs_low` first. Two tests (Schuster 2025, A.3.7):
+
+    - ``"binomial"`` (PANTHER-style over-representation): the DEGs of a feature are the genes
+      with adjusted p < ``deg_padj`` and fold change >= 2 (or <= 0.5; ``deg_log2fc=1``); when
+      that selects nothing, adjusted p < ``fallback_padj`` without a fold-change cut. With
+      ``n`` DEGs, ``k`` of them in a term of ``|T|`` universe genes and ``p = |T| / |universe|``:
+      expected ``n p``, fold enrichment ``k / (n p)`` and the one-sided ``P(X >= k)``,
+      ``X ~ Binomial(n, p)``. Run for up-regulated (``binomial_up``), down-regulated
+      (``binomial_down``) and all DEGs (``binomial``).
+    - ``"mwu"``: the log2 fold changes of all universe genes are ranked (average ranks for
+      ties) and the term's genes are compared with all others by a two-sided Mann-Whitney U
+      test with tie and continuity corrections; ``auc = U / (n_in n_out)`` > 0.5 means the
+      term's genes go up with the feature.
+
+    The universe is the genes measured (non-zero in at least one cell); term sizes are counted
+    inside it and filtered by ``min_size``/``max_size`` (the paper: 20 to 500). p-values are
+    Benjamini-Hochberg adjusted across terms within each feature and test. Everything is
+    vectorised: one rank matrix (features x genes) and one DEG matrix times a sparse membership
+    matrix (genes x terms), in chunks of features.
+
+    Parameters
+    ----------
+    adata
+        Annotated data matrix after :func:`~featurelens.tl.high_vs_low`.
+    key
+        Key of the dictionary.
+    gene_sets
+        ``"GO_BP"``, ``"GO_MF"``, ``"GO_CC"`` (bundled human GO, 2022-07-01), a GMT path, a dict
+        term -> genes or a long DataFrame with ``term`` and ``gene`` columns.
+    methods
+        Any of ``"binomial"`` and ``"mwu"``.
+    min_size, max_size
+        Inclusive bounds on the number of universe genes per term.
+    gene_symbols
+        Column of ``adata.var`` with the gene identifiers used by the gene sets (e.g. symbols
+        when ``var_names`` are Ensembl ids).
+    features
+        Features to test (default: all with high-vs-low results).
+    deg_padj, deg_log2fc, fallback_padj
+        DEG selection for the binomial test (see above).
+    store_pval
+        Rows with p below this are kept.
+    chunk_size
+        Features per chunk.
+    progress
+        Show a progress bar.
+
+    Returns
+    -------
+    ``None``.
+
+    Sets the following fields:
+
+    ``adata.uns[key]["enrichment"]["results"]`` : :class:`pandas.DataFrame`
+        One row per (feature, term, test) with ``pval < store_pval``: ``feature``, ``term``,
+        ``name``, ``test`` (``binomial``, ``binomial_up``, ``binomial_down``, ``mwu``), ``n_term``,
+        ``n_deg``, ``hits``, ``expected``, ``fold_enrichment`` (binomial), ``statistic`` (U),
+        ``z``, ``auc`` (MWU), ``direction``, ``pval``, ``padj``.
+    ``adata.uns[key]["enrichment"]["summary"]`` : :class:`pandas.DataFrame`
+        Per feature: DEG counts, the DEG rule used, and the number of terms with padj < 0.05
+        per test.
+    ``adata.uns[key]["enrichment"]["params"]`` : :class:`dict`
+        The options used, the number of terms and the universe size.
+
+    Examples
+    --------
+    >>> fl.tl.high_vs_low(adata, "sae", groupby="cell_type")
+    >>> fl.tl.enrich(adata, "sae", "GO_BP")
+    >>> fl.get.enrichment(adata, "sae", "f12").nsmallest(5, "padj")
+    """
+    from tqdm.auto import tqdm
+
+    check_adata(adata)
+    entry = _get_entry(adata, key)
+    if "dge" not in entry:
+        raise ValueError(f"No differential expression for {key!r}; run `fl.tl.high_vs_low(adata, {key!r})` first.")
+    methods = (methods,) if isinstance(methods, str) else tuple(methods)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ValueError(f"Unknown method(s) {unknown}; choose from {METHODS}.")
+    lfc_key = f"{key}_log2fc"
+    if lfc_key not in adata.varm:
+        raise ValueError(f"adata.varm[{lfc_key!r}] is missing; rerun `fl.tl.high_vs_low(adata, {key!r})`.")
+    dge = entry["dge"]
+    dparams = dge["params"]
+    if dparams.get("store_pval", 1.0) < max(deg_padj, fallback_padj):
+        warnings.warn(
+            f"high_vs_low kept genes with padj < {dparams['store_pval']:g} only, less than the DEG thresholds "
+            f"(deg_padj={deg_padj:g}, fallback_padj={fallback_padj:g}); DEG sets are limited to the kept genes.",
+            UserWarning,
+            stacklevel=2,
+        )
+    summary = dge["summary"]
+    tested = summary.index[summary["skipped"].astype(str) == ""].astype(str)
+    names = entry["features"].index.astype(str)
+    if features is not None:
+        req = names[resolve_features(entry, features)]
+        missing = [f for f in req if f not in set(tested)]
+        if missing:
+            raise ValueError(f"Features without high-vs-low results: {missing[:5]}; run high_vs_low on them first.")
+        tested = pd.Index(req)
+    if len(tested) == 0:
+        raise ValueError("No feature has high-vs-low results to test (all were skipped).")
+    measured, ids = _universe(adata, dparams.get("layer"), gene_symbols)
+    M, terms = gene_set_membership(gene_sets, ids, min_size=min_size, max_size=max_size)
+    n_univ = len(ids)
+    f_idx = names.get_indexer(tested)
+    LFC = np.asarray(adata.varm[lfc_key])[measured][:, f_idx].T.astype(np.float64)  # features x genes
+    LFC = np.nan_to_num(LFC, nan=0.0)
+    up, dn, rule = _deg_sets(dge["results"], tested, ids, deg_padj, deg_log2fc, fallback_padj)
+    both = (up + dn).tocsr()
+    both.data[:] = 1.0
+    tables = []
+    n_sig = {}
+    term_ids = terms["term"].to_numpy()
+    term_names = terms["name"].to_numpy()
+    n_term = terms["n_term"].to_numpy()
+    n_terms = len(terms)
+
+    if "binomial" in methods:
+        for test, S in (("binomial", both), ("binomial_up", up), ("binomial_down", dn)):
+            r = binomial_sets(S, M, universe=n_univ)
+            # BH per feature over all terms: terms without hits have p = 1 and are not listed
+            padj = bh_adjust_grouped(r.pval, r.rows, n_tests=n_terms)
+            n_sig[test] = np.bincount(r.rows[padj < 0.05], minlength=len(tested))
+            keep = r.pval < store_pval
+            direction = {"binomial": "both", "binomial_up": "up", "binomial_down": "down"}[test]
+            tables.append(
+                pd.DataFrame(
+                    {
+                        "feature": tested.to_numpy()[r.rows[keep]],
+                        "term": term_ids[r.sets[keep]],
+                        "name": term_names[r.sets[keep]],
+                        "test": test,
+                        "n_term": n_term[r.sets[keep]],
+                        "n_deg": r.n_selected[keep],
+                        "hits": r.hits[keep].astype(np.float64),
+                        "expected": r.expected[keep],
+                        "fold_enrichment": r.fold[keep],
+                        "statistic": np.nan,
+                        "z": np.nan,
+                        "auc": np.nan,
+                        "direction": direction,
+                        "pval": r.pval[keep],
+                        "padj": padj[keep],
+                    }
+                )
+            )
+    if "mwu" in methods:
+        n_sig["mwu"] = np.zeros(len(tested), dtype=np.int64)
+        bar = tqdm(total=len(tested), desc="rank test", disable=not progress, leave=False)
+        for s in range(0, len(tested), chunk_size):
+            res = mannwhitney_sets(LFC[s : s + chunk_size], M)
+            padj = bh_adjust(res.pval, axis=1)
+            n_sig["mwu"][s : s + chunk_size] = (padj < 0.05).sum(axis=1)
+            rr, cc = np.nonzero(np.nan_to_num(res.pval, nan=1.0) < store_pval)
+            tables.append(
+                pd.DataFrame(
+                    {
+                        "feature": tested.to_numpy()[s + rr],
+                        "term": term_ids[cc],
+                        "name": term_names[cc],
+                        "test": "mwu",
+                        "n_term": res.n_in[rr, cc],
+                        "n_deg": -1,
+                        "hits": np.nan,
+                        "expected": np.nan,
+                        "fold_enrichment": np.nan,
+                        "statistic": res.u[rr, cc],
+                        "z": res.z[rr, cc],
+                        "auc": res.auc[rr, cc],
+                        "direction": np.where(res.auc[rr, cc] > 0.5, "up", "down"),
+                        "pval": res.pval[rr, cc],
+                        "padj": padj[rr, cc],
+                    }
+                )
+            )
+            bar.update(min(chunk_size, len(tested) - s))
+        bar.close()
+    results = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=RESULT_COLUMNS)
+    results = results.sort_values(["feature", "test", "pval", "term"], kind="stable", ignore_index=True)
+    for c in ("feature", "term", "name", "test", "direction"):
+        results[c] = results[c].astype(str).astype("category")
+    summ = pd.DataFrame(
+        {
+            "n_up": np.diff(up.indptr),
+            "n_down": np.diff(dn.indptr),
+            "deg_rule": rule,
+            **{f"n_sig_{t}": v for t, v in n_sig.items()},
+        },
+        index=tested,
+    )
+    entry["enrichment"] = {
+        "results": results,
+        "summary": summ,
+        "params": plain_params(
+            {
+                "gene_sets": gene_sets if isinstance(gene_sets, str) else type(gene_sets).__name__,
+                "methods": list(methods),
+                "min_size": min_size,
+                "max_size": max_size,
+                "gene_symbols": gene_symbols,
+                "deg_padj": deg_padj,
+                "deg_log2fc": deg_log2fc,
+                "fallback_padj": fallback_padj,
+                "store_pval": store_pval,
+                "n_terms": n_terms,
+                "n_universe": n_univ,
+                "featurelens_version": version(),
+            }
+        ),
+    }
+
+
+def gsea(
+    adata: AnnData,
+    key: str,
+    features,
+    gene_sets="GO_BP",
+    *,
+    min_size: int = 20,
+    max_size: int = 500,
+    gene_symbols: str | None = None,
+    permutation_num: int = 1000,
+    random_state: int = 0,
+    threads: int = 1,
+    store_pval: float = 0.05,
+) -> pd.DataFrame:
+    """Preranked GSEA (gseapy ``prerank``) on the high-vs-low log2 fold changes of chosen features.
+
+    For the classic running-sum view of a few features; :func:`enrich` is the fast test for all
+    of them. Results join the long enrichment table with ``test="gsea"`` (``statistic`` = NES,
+    ``pval`` = nominal p, ``padj`` = FDR q-value), replacing earlier GSEA rows of the same features.
+
+    Parameters
+    ----------
+    adata
+        Annotated data matrix after :func:`~featurelens.tl.high_vs_low`.
+    key
+        Key of the dictionary.
+    features
+        Feature names or positions.
+    gene_sets
+        As for :func:`enrich`.
+    min_size, max_size
+        Inclusive bounds on the number of universe genes per term.
+    gene_symbols
+        Column of ``adata.var`` with the identifiers used by the gene sets.
+    permutation_num
+        Gene-set permutations.
+    random_state
+        Seed of the permutations.
+    threads
+        Threads for gseapy.
+    store_pval
+        Rows with nominal p below this are kept.
+
+    Returns
+    -------
+    The GSEA rows (also stored).
+
+    Sets the following fields:
+
+    ``adata.uns[key]["enrichment"]["results"]`` : :class:`pandas.DataFrame`
+        Rows with ``test == "gsea"`` added.
+
+    Examples
+    --------
+    >>> fl.tl.gsea(adata, "sae", ["f12"], "GO_BP")
+    """
+    import gseapy
+
+    check_adata(adata)
+    entry = _get_entry(adata, key)
+    lfc_key = f"{key}_log2fc"
+    if "dge" not in entry or lfc_key not in adata.varm:
+        raise ValueError(f"No differential expression for {key!r}; run `fl.tl.high_vs_low(adata, {key!r})` first.")
+    names = entry["features"].index.astype(str)
+    f_idx = resolve_features(entry, features)
+    measured, ids = _universe(adata, entry["dge"]["params"].get("layer"), gene_symbols)
+    M, terms = gene_set_membership(gene_sets, ids, min_size=min_size, max_size=max_size)
+    sets = {t: ids[M[:, j].indices].tolist() for j, t in enumerate(terms["term"])}
+    term_name = dict(zip(terms["term"], terms["name"], strict=True))
+    rows = []
+    for f in f_idx:
+        lfc = np.asarray(adata.varm[lfc_key])[measured, f].astype(np.float64)
+        if np.isnan(lfc).all():
+            raise ValueError(f"Feature {names[f]} has no high-vs-low results (skipped); choose tested features.")
+        rnk = pd.Series(np.nan_to_num(lfc), index=ids).groupby(level=0).mean().sort_values(ascending=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pre = gseapy.prerank(
+                rnk=rnk,
+                gene_sets=sets,
+                min_size=min_size,
+                max_size=max_size,
+                permutation_num=permutation_num,
+                seed=random_state,
+                threads=threads,
+                outdir=None,
+                verbose=False,
+            )
+        res = pre.res2d
+        for _, row in res.iterrows():
+            p = float(row["NOM p-val"])
+            if p >= store_pval:
+                continue
+            t = str(row["Term"])
+            rows.append(
+                {
+                    "feature": names[f],
+                    "term": t,
+                    "name": term_name.get(t, t),
+                    "test": "gsea",
+                    "n_term": int(M[:, terms["term"].tolist().index(t)].nnz) if t in term_name else -1,
+                    "n_deg": -1,
+                    "hits": np.nan,
+                    "expected": np.nan,
+                    "fold_enrichment": np.nan,
+                    "statistic": float(row["NES"]),
+                    "z": np.nan,
+                    "auc": np.nan,
+                    "direction": "up" if float(row["NES"]) > 0 else "down",
+                    "pval": p,
+                    "padj": float(row["FDR q-val"]),
+                }
+            )
+    new = pd.DataFrame(rows, columns=RESULT_COLUMNS)
+    store = entry.setdefault("enrichment", {"params": plain_params({"featurelens_version": version()})})
+    old = store.get("results", pd.DataFrame(columns=RESULT_COLUMNS))
+    if len(old):
+        drop = (old["test"].astype(str) == "gsea") & old["feature"].astype(str).isin(set(names[f_idx]))
+        old = old.loc[~drop]
+    merged = pd.concat(
+        [old.astype({c: str for c in ("feature", "term", "name", "test", "direction")}), new], ignore_index=True
+    )
+    for c in ("feature", "term", "name", "test", "direction"):
+        merged[c] = merged[c].astype(str).astype("category")
+    store["results"] = merged.reset_index(drop=True)
+    return new
