@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from scipy import special
-from scipy.stats import norm
+
+from . import _kernels as _k
 
 
 # ---------------------------------------------------------------------------- moments over row sets
@@ -181,7 +182,8 @@ def welch_ttest(n1, mean1, var1, n2, mean2, var2) -> tuple[np.ndarray, np.ndarra
         denom = np.sqrt(a + b)
         t = (np.asarray(mean1, dtype=np.float64) - np.asarray(mean2, dtype=np.float64)) / denom
         df = (a + b) ** 2 / (a**2 / (n1 - 1) + b**2 / (n2 - 1))
-    p = 2.0 * special.stdtr(df, -np.abs(t))
+    shape = np.broadcast(t, df).shape
+    p = 2.0 * _threaded(special.stdtr, *(np.broadcast_to(a, shape).ravel() for a in (df, -np.abs(t)))).reshape(shape)
     p = np.where(np.isinf(t), 0.0, p)
     p = np.where(np.isnan(t), np.nan, p)
     return t, df, np.clip(p, 0.0, 1.0)
@@ -210,6 +212,10 @@ def bh_adjust(p, *, axis: int = -1, n_tests: int | None = None) -> np.ndarray:
     p = np.moveaxis(p, axis, -1)
     shape = p.shape
     p2 = p.reshape(-1, shape[-1])
+    if _k.HAVE_NUMBA and p2.size:
+        out = np.empty_like(p2)
+        _k.bh_rows(np.ascontiguousarray(p2), out, -1 if n_tests is None else int(n_tests))
+        return np.moveaxis(out.reshape(shape), -1, axis)
     nan = np.isnan(p2)
     filled = np.where(nan, np.inf, p2)
     order = np.argsort(filled, axis=1, kind="stable")
@@ -237,6 +243,11 @@ def bh_adjust_grouped(p, groups, *, n_tests: int) -> np.ndarray:
     groups = np.asarray(groups)
     if p.size == 0:
         return p.copy()
+    if _k.HAVE_NUMBA and (np.diff(groups) >= 0).all():
+        bounds = np.r_[0, np.flatnonzero(groups[1:] != groups[:-1]) + 1, groups.size].astype(np.int64)
+        out = np.empty_like(p)
+        _k.bh_segments(p, bounds, out, int(n_tests))
+        return out
     order = np.lexsort((p, groups))
     g, ps = groups[order], p[order]
     start = np.r_[0, np.flatnonzero(g[1:] != g[:-1]) + 1]
@@ -260,6 +271,11 @@ def average_ranks(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     v = np.asarray(values)
     n_rows, n = v.shape
+    if _k.HAVE_NUMBA and v.size:
+        ranks = np.empty((n_rows, n), dtype=np.float64)
+        tie = np.empty(n_rows, dtype=np.float64)
+        _k.rank_rows(np.ascontiguousarray(v, dtype=np.float64), ranks, tie)
+        return ranks, tie
     order = np.argsort(v, axis=1, kind="stable")
     sv = np.take_along_axis(v, order, axis=1)
     new = np.ones((n_rows, n), dtype=bool)
@@ -319,7 +335,7 @@ def mannwhitney_sets(values: np.ndarray, membership: sp.spmatrix) -> MWUResult:
         s = np.sqrt(n1 * n2 / 12.0 * ((n + 1) - tie[:, None] / (n * (n - 1))))
         u = np.maximum(u1, n1 * n2 - u1)
         z_abs = (u - mu - 0.5) / s
-        p = np.clip(2.0 * norm.sf(z_abs), 0.0, 1.0)
+        p = np.clip(2.0 * special.ndtr(-z_abs), 0.0, 1.0)
         z = (u1 - mu - 0.5 * np.sign(u1 - mu)) / s
         auc = u1 / (n1 * n2)
     bad = (n1 == 0) | (n2 == 0)
@@ -329,6 +345,27 @@ def mannwhitney_sets(values: np.ndarray, membership: sp.spmatrix) -> MWUResult:
 
 
 # ---------------------------------------------------------------------------- binomial
+def _threaded(ufunc, *arrays, min_size: int = 200_000) -> np.ndarray:
+    """Apply an element-wise ufunc in parallel threads (NumPy ufuncs release the GIL)."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    n = arrays[0].size
+    workers = min(os.cpu_count() or 1, 8)
+    if n < min_size or workers < 2:
+        return ufunc(*arrays)
+    out = np.empty(n, dtype=np.float64)
+    bounds = np.linspace(0, n, workers + 1).astype(int)
+
+    def run(i):
+        sl = slice(bounds[i], bounds[i + 1])
+        out[sl] = ufunc(*(a[sl] for a in arrays))
+
+    with ThreadPoolExecutor(workers) as ex:
+        list(ex.map(run, range(workers)))
+    return out
+
+
 @dataclass
 class BinomialResult:
     """Over-representation of sets among selected columns; sparse over (row, set) pairs with hits."""
@@ -363,23 +400,26 @@ def binomial_sets(selected: sp.spmatrix, membership: sp.spmatrix, *, universe: i
     S = sp.csr_matrix(selected, dtype=np.float64)
     M = sp.csc_matrix(membership, dtype=np.float64)
     universe = S.shape[1] if universe is None else int(universe)
-    hits = (S @ M).tocoo()
+    hits = (S @ M).tocsr().tocoo()  # row-major: entries of a row are contiguous
     keep = hits.data > 0
     r, c, k = hits.row[keep], hits.col[keep], np.rint(hits.data[keep])
     n_sel = np.asarray(S.sum(axis=1)).ravel()[r]
     size = np.asarray(M.sum(axis=0)).ravel()[c]
     prob = size / universe
     expected = n_sel * prob
-    # P(X >= k) = I_p(k, n - k + 1), the regularised incomplete beta function
-    pval = np.where(k > n_sel, 0.0, special.betainc(k, np.maximum(n_sel - k + 1, 1e-300), prob))
-    pval = np.where(k <= 0, 1.0, pval)
-    order = np.lexsort((c, r))
+    # P(X >= k) = I_p(k, n - k + 1), the regularised incomplete beta function; 1 - (1 - p)^n for k = 1
+    pval = np.empty_like(prob)
+    one = k == 1
+    pval[one] = -np.expm1(n_sel[one] * np.log1p(-prob[one]))
+    many = ~one
+    pval[many] = _threaded(special.betainc, k[many], np.maximum(n_sel[many] - k[many] + 1, 1e-300), prob[many])
+    pval[k > n_sel] = 0.0
     return BinomialResult(
-        rows=r[order].astype(np.int64),
-        sets=c[order].astype(np.int64),
-        hits=k[order].astype(np.int64),
-        n_selected=n_sel[order].astype(np.int64),
-        expected=expected[order],
-        fold=(k / expected)[order],
-        pval=np.clip(pval[order], 0.0, 1.0),
+        rows=r.astype(np.int64),
+        sets=c.astype(np.int64),
+        hits=k.astype(np.int64),
+        n_selected=n_sel.astype(np.int64),
+        expected=expected,
+        fold=k / expected,
+        pval=np.clip(pval, 0.0, 1.0),
     )

@@ -118,6 +118,35 @@ def _cell_sets(Zc, f, pool, high_quantile, n_low, min_high, min_low, rng):
     return high, low, "", rule
 
 
+def _categorical(codes: np.ndarray, labels: pd.Index) -> pd.Categorical:
+    """Categorical of ``labels[codes]`` without going through strings (labels may repeat)."""
+    codes = codes.astype(np.int64)
+    if labels.is_unique:
+        return pd.Categorical.from_codes(codes, categories=labels).remove_unused_categories()
+    return pd.Categorical(np.asarray(labels)[codes])
+
+
+def _assemble_dge(tables: list[dict], names: pd.Index, genes: pd.Index) -> pd.DataFrame:
+    """Long DGE table (sorted by feature, adjusted p and gene) from integer-coded columns."""
+    keys = ["feature", "gene", "log2fc", "t", "pval", "padj", "mean_high", "mean_low"]
+    cols = {k: np.concatenate([t[k] for t in tables]) if tables else np.zeros(0) for k in keys}
+    order = np.lexsort((cols["gene"], cols["padj"], cols["feature"]))
+    cols = {k: v[order] for k, v in cols.items()}
+    lfc = cols["log2fc"]
+    return pd.DataFrame(
+        {
+            "feature": pd.Categorical.from_codes(
+                cols["feature"].astype(np.int32), categories=names
+            ).remove_unused_categories(),
+            "gene": pd.Categorical.from_codes(
+                cols["gene"].astype(np.int32), categories=genes
+            ).remove_unused_categories(),
+            **{k: cols[k].astype(np.float64) for k in keys[2:]},
+            "direction": pd.Categorical.from_codes((lfc > 0).astype(np.int8), categories=["down", "up"]),
+        }
+    )
+
+
 def high_vs_low(
     adata: AnnData,
     key: str = "sae",
@@ -304,29 +333,22 @@ def high_vs_low(
             r, c = np.nonzero(keep)
             if r.size:
                 tables.append(
-                    pd.DataFrame(
-                        {
-                            "feature": names[f_tested[r]],
-                            "gene": genes[c],
-                            "log2fc": lfc[r, c],
-                            "t": t[r, c],
-                            "pval": p[r, c],
-                            "padj": padj[r, c],
-                            "mean_high": mh[r, c],
-                            "mean_low": ml[r, c],
-                            "direction": np.where(lfc[r, c] > 0, "up", "down"),
-                        }
-                    )
+                    {
+                        "feature": f_tested[r].astype(np.int32),
+                        "gene": c.astype(np.int32),
+                        "log2fc": lfc[r, c],
+                        "t": t[r, c],
+                        "pval": p[r, c],
+                        "padj": padj[r, c],
+                        "mean_high": mh[r, c],
+                        "mean_low": ml[r, c],
+                    }
                 )
         summary["n_up"].extend(n_up.tolist())
         summary["n_down"].extend(n_down.tolist())
         bar.update(len(chunk))
     bar.close()
-    cols = ["feature", "gene", "log2fc", "t", "pval", "padj", "mean_high", "mean_low", "direction"]
-    results = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame({c: [] for c in cols})
-    results = results.sort_values(["feature", "padj", "gene"], kind="stable", ignore_index=True)
-    for c in ("feature", "gene", "direction"):
-        results[c] = results[c].astype(str).astype("category")
+    results = _assemble_dge(tables, names, genes)
     summ = pd.DataFrame(summary, index=pd.Index(names[feat_idx], name=None))
     if groupby is not None:
         summ = summ[["n_high", "n_low", "group", "n_up", "n_down", "high_rule", "skipped"]]

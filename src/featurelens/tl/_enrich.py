@@ -16,6 +16,10 @@ from ._dge import expression_matrix, resolve_features
 from ._dictionary import _get_entry
 
 METHODS = ("binomial", "mwu")
+TESTS = ["binomial", "binomial_down", "binomial_up", "gsea", "mwu"]
+DIRECTIONS = ["both", "down", "up"]
+UP, DOWN = DIRECTIONS.index("up"), DIRECTIONS.index("down")
+DIRECTION_OF = {"binomial": "both", "binomial_up": "up", "binomial_down": "down"}
 RESULT_COLUMNS = [
     "feature",
     "term",
@@ -68,9 +72,10 @@ def gene_set_membership(
 
     gs = read_gene_sets(gene_sets)
     genes = pd.Index(genes.astype(str))
-    pos = genes.get_indexer(gs["gene"].to_numpy())
-    found = pos >= 0
-    n_overlap = int(np.unique(pos[found]).size)
+    # every occurrence of a gene identifier in the universe is a member (identifiers may repeat)
+    where = pd.DataFrame({"gene": genes.to_numpy(), "pos": np.arange(len(genes))})
+    hits = gs[["term", "gene"]].merge(where, on="gene", how="inner", sort=False)
+    n_overlap = int(hits["pos"].nunique())
     frac = n_overlap / max(len(genes), 1)
     if n_overlap < 50 or frac < 0.05:
         example = ", ".join(genes[:3])
@@ -84,8 +89,7 @@ def gene_set_membership(
             f"Only {n_overlap} of {len(genes)} genes ({frac:.1%}) appear in the gene sets (genes look like: "
             f"{example}).{hint}"
         )
-    gs = gs.loc[found].assign(pos=pos[found]).drop_duplicates(["term", "pos"])
-    codes, terms = pd.factorize(gs["term"], sort=False)
+    codes, terms = pd.factorize(hits["term"], sort=False)
     sizes = np.bincount(codes, minlength=len(terms))
     keep = (sizes >= min_size) & (sizes <= max_size)
     if not keep.any():
@@ -97,13 +101,76 @@ def gene_set_membership(
     new_code[keep] = np.arange(int(keep.sum()))
     sel = new_code[codes] >= 0
     M = sp.csc_matrix(
-        (np.ones(int(sel.sum())), (gs["pos"].to_numpy()[sel], new_code[codes][sel])),
+        (np.ones(int(sel.sum())), (hits["pos"].to_numpy()[sel], new_code[codes][sel])),
         shape=(len(genes), int(keep.sum())),
     )
     names = gs.drop_duplicates("term").set_index("term")["name"]
     kept_terms = pd.Index(terms[keep])
     info = pd.DataFrame({"term": kept_terms, "name": names.loc[kept_terms].to_numpy(), "n_term": sizes[keep]})
     return M, info
+
+
+_FLOAT32 = ("hits", "expected", "fold_enrichment", "statistic", "z", "auc")
+
+
+def _tests_of(methods) -> list[str]:
+    return (["binomial", "binomial_up", "binomial_down"] if "binomial" in methods else []) + (
+        ["mwu"] if "mwu" in methods else []
+    )
+
+
+def _rows(*, feature, term, test, pval, padj, direction, n_term, **values) -> dict:
+    """Columns of result rows in compact dtypes (codes for the categorical columns)."""
+    n = np.asarray(pval).size
+    out = {
+        "feature": np.asarray(feature, dtype=np.int32),
+        "term": np.asarray(term, dtype=np.int32),
+        "test": np.full(n, TESTS.index(test), dtype=np.int8),
+        "n_term": np.asarray(n_term, dtype=np.int32),
+        "n_deg": np.asarray(values.get("n_deg", np.full(n, -1)), dtype=np.int32),
+        "direction": np.asarray(direction, dtype=np.int8),
+        "pval": np.asarray(pval, dtype=np.float64),
+        "padj": np.asarray(padj, dtype=np.float64),
+    }
+    for c in _FLOAT32:
+        out[c] = np.asarray(values[c], dtype=np.float32) if c in values else np.full(n, np.nan, dtype=np.float32)
+    return out
+
+
+def _assemble(tables: list[dict], features: pd.Index, term_ids, term_names) -> pd.DataFrame:
+    """One long table from column dicts holding integer codes, sorted by feature, test, p and term."""
+    if not tables or sum(t["pval"].size for t in tables) == 0:
+        return pd.DataFrame(
+            {
+                c: pd.Series(dtype=object if c in ("feature", "term", "name", "test", "direction") else float)
+                for c in RESULT_COLUMNS
+            }
+        )
+    keys = [np.concatenate([t[k] for t in tables]) for k in ("term", "pval", "test", "feature")]
+    order = np.lexsort(keys)
+    del keys
+    name_codes, name_levels = pd.factorize(pd.Index(np.asarray(term_names).astype(str)))
+
+    def col(k):
+        return np.concatenate([t[k] for t in tables])[order]
+
+    term = col("term")
+    data = {
+        "feature": pd.Categorical.from_codes(col("feature"), categories=pd.Index(features.astype(str))),
+        "term": pd.Categorical.from_codes(term, categories=pd.Index(np.asarray(term_ids).astype(str))),
+        "name": pd.Categorical.from_codes(name_codes[term], categories=name_levels),
+        "test": pd.Categorical.from_codes(col("test"), categories=TESTS),
+    }
+    for k in ("n_term", "n_deg", *_FLOAT32):
+        data[k] = col(k)
+    data["direction"] = pd.Categorical.from_codes(col("direction"), categories=DIRECTIONS)
+    data["pval"] = col("pval")
+    data["padj"] = col("padj")
+    tables.clear()
+    out = pd.DataFrame(data, copy=False)[RESULT_COLUMNS]
+    for c in ("feature", "term", "name", "test", "direction"):
+        out[c] = out[c].cat.remove_unused_categories()
+    return out
 
 
 def _universe(adata: AnnData, layer: str | None, gene_symbols: str | None) -> tuple[np.ndarray, pd.Index]:
@@ -121,15 +188,26 @@ def _universe(adata: AnnData, layer: str | None, gene_symbols: str | None) -> tu
     return measured, pd.Index(ids.astype(str)[measured])
 
 
+def _positions(col: pd.Series, index: pd.Index) -> np.ndarray:
+    """Position of every value of ``col`` in the unique ``index`` (-1 if absent), via categorical codes."""
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        cat_pos = index.get_indexer(col.cat.categories.astype(str))
+        codes = col.cat.codes.to_numpy()
+        return np.where(codes >= 0, cat_pos[codes], -1)
+    return index.get_indexer(col.astype(str))
+
+
 def _deg_sets(results: pd.DataFrame, feats: pd.Index, gene_pos: pd.Index, padj, lfc, fallback_padj):
-    """Sparse up / down DEG indicators (features x universe genes) and the rule used per feature."""
-    res = results[results["feature"].astype(str).isin(set(feats))]
-    f_pos = feats.get_indexer(res["feature"].astype(str))
-    g_pos = gene_pos.get_indexer(res["gene"].astype(str))
-    ok = g_pos >= 0
-    res, f_pos, g_pos = res.loc[ok], f_pos[ok], g_pos[ok]
-    p = res["padj"].to_numpy()
-    fc = res["log2fc"].to_numpy()
+    """Sparse up / down DEG indicators (features x universe genes) and the rule used per feature.
+
+    ``gene_pos`` holds the ``var_names`` of the universe genes (the gene column of the DGE table).
+    """
+    f_pos = _positions(results["feature"], feats)
+    g_pos = _positions(results["gene"], gene_pos)
+    ok = (f_pos >= 0) & (g_pos >= 0)
+    f_pos, g_pos = f_pos[ok], g_pos[ok]
+    p = results["padj"].to_numpy()[ok]
+    fc = results["log2fc"].to_numpy()[ok]
     strict_up = (p < padj) & (fc >= lfc)
     strict_dn = (p < padj) & (fc <= -lfc)
     has_strict = np.zeros(len(feats), bool)
@@ -160,7 +238,7 @@ def enrich(
     deg_log2fc: float = 1.0,
     fallback_padj: float = 0.05,
     store_pval: float = 0.05,
-    chunk_size: int = 1000,
+    chunk_size: int = 500,
     progress: bool = True,
 ) -> None:
     """Gene-set enrichment of every feature's high-vs-low differential expression.
@@ -272,82 +350,72 @@ def enrich(
     M, terms = gene_set_membership(gene_sets, ids, min_size=min_size, max_size=max_size)
     n_univ = len(ids)
     f_idx = names.get_indexer(tested)
-    LFC = np.asarray(adata.varm[lfc_key])[measured][:, f_idx].T.astype(np.float64)  # features x genes
-    LFC = np.nan_to_num(LFC, nan=0.0)
-    up, dn, rule = _deg_sets(dge["results"], tested, ids, deg_padj, deg_log2fc, fallback_padj)
+    lfc_store = adata.varm[lfc_key]
+    if not adata.var_names.is_unique:
+        raise ValueError("adata.var_names are not unique; call `adata.var_names_make_unique()` first.")
+    univ_names = pd.Index(adata.var_names.astype(str)[measured])
+    up, dn, rule = _deg_sets(dge["results"], tested, univ_names, deg_padj, deg_log2fc, fallback_padj)
     both = (up + dn).tocsr()
     both.data[:] = 1.0
-    tables = []
-    n_sig = {}
+    tables: list[dict] = []
+    n_terms = len(terms)
+    n_term = terms["n_term"].to_numpy().astype(np.int32)
+    n_sig = {t: np.zeros(len(tested), dtype=np.int64) for t in _tests_of(methods)}
+
+    bar = tqdm(total=len(tested), desc="enrichment", disable=not progress, leave=False)
+    for s in range(0, len(tested), chunk_size):
+        sl = slice(s, s + chunk_size)
+        if "binomial" in methods:
+            for test, S in (("binomial", both), ("binomial_up", up), ("binomial_down", dn)):
+                r = binomial_sets(S[sl], M, universe=n_univ)
+                # BH per feature over all terms: terms without hits have p = 1 and are not listed
+                padj = bh_adjust_grouped(r.pval, r.rows, n_tests=n_terms)
+                n_sig[test][sl] = np.bincount(r.rows[padj < 0.05], minlength=len(tested))[: S[sl].shape[0]]
+                keep = r.pval < store_pval
+                n = int(keep.sum())
+                tables.append(
+                    _rows(
+                        feature=s + r.rows[keep],
+                        term=r.sets[keep],
+                        test=test,
+                        n_term=n_term[r.sets[keep]],
+                        n_deg=r.n_selected[keep],
+                        hits=r.hits[keep],
+                        expected=r.expected[keep],
+                        fold_enrichment=r.fold[keep],
+                        direction=np.full(n, DIRECTIONS.index(DIRECTION_OF[test]), dtype=np.int8),
+                        pval=r.pval[keep],
+                        padj=padj[keep],
+                    )
+                )
+        if "mwu" in methods:
+            lfc = np.take(lfc_store, f_idx[sl], axis=1)[measured].T.astype(np.float64)
+            res = mannwhitney_sets(np.nan_to_num(lfc, nan=0.0), M)
+            del lfc
+            padj = bh_adjust(res.pval, axis=1)
+            n_sig["mwu"][sl] = (padj < 0.05).sum(axis=1)
+            rr, cc = np.nonzero(np.nan_to_num(res.pval, nan=1.0) < store_pval)
+            auc = res.auc[rr, cc]
+            tables.append(
+                _rows(
+                    feature=s + rr,
+                    term=cc,
+                    test="mwu",
+                    n_term=res.n_in[rr, cc],
+                    statistic=res.u[rr, cc],
+                    z=res.z[rr, cc],
+                    auc=auc,
+                    direction=np.where(auc > 0.5, UP, DOWN).astype(np.int8),
+                    pval=res.pval[rr, cc],
+                    padj=padj[rr, cc],
+                )
+            )
+            del res, padj
+        bar.update(min(chunk_size, len(tested) - s))
+    bar.close()
     term_ids = terms["term"].to_numpy()
     term_names = terms["name"].to_numpy()
-    n_term = terms["n_term"].to_numpy()
-    n_terms = len(terms)
-
-    if "binomial" in methods:
-        for test, S in (("binomial", both), ("binomial_up", up), ("binomial_down", dn)):
-            r = binomial_sets(S, M, universe=n_univ)
-            # BH per feature over all terms: terms without hits have p = 1 and are not listed
-            padj = bh_adjust_grouped(r.pval, r.rows, n_tests=n_terms)
-            n_sig[test] = np.bincount(r.rows[padj < 0.05], minlength=len(tested))
-            keep = r.pval < store_pval
-            direction = {"binomial": "both", "binomial_up": "up", "binomial_down": "down"}[test]
-            tables.append(
-                pd.DataFrame(
-                    {
-                        "feature": tested.to_numpy()[r.rows[keep]],
-                        "term": term_ids[r.sets[keep]],
-                        "name": term_names[r.sets[keep]],
-                        "test": test,
-                        "n_term": n_term[r.sets[keep]],
-                        "n_deg": r.n_selected[keep],
-                        "hits": r.hits[keep].astype(np.float64),
-                        "expected": r.expected[keep],
-                        "fold_enrichment": r.fold[keep],
-                        "statistic": np.nan,
-                        "z": np.nan,
-                        "auc": np.nan,
-                        "direction": direction,
-                        "pval": r.pval[keep],
-                        "padj": padj[keep],
-                    }
-                )
-            )
-    if "mwu" in methods:
-        n_sig["mwu"] = np.zeros(len(tested), dtype=np.int64)
-        bar = tqdm(total=len(tested), desc="rank test", disable=not progress, leave=False)
-        for s in range(0, len(tested), chunk_size):
-            res = mannwhitney_sets(LFC[s : s + chunk_size], M)
-            padj = bh_adjust(res.pval, axis=1)
-            n_sig["mwu"][s : s + chunk_size] = (padj < 0.05).sum(axis=1)
-            rr, cc = np.nonzero(np.nan_to_num(res.pval, nan=1.0) < store_pval)
-            tables.append(
-                pd.DataFrame(
-                    {
-                        "feature": tested.to_numpy()[s + rr],
-                        "term": term_ids[cc],
-                        "name": term_names[cc],
-                        "test": "mwu",
-                        "n_term": res.n_in[rr, cc],
-                        "n_deg": -1,
-                        "hits": np.nan,
-                        "expected": np.nan,
-                        "fold_enrichment": np.nan,
-                        "statistic": res.u[rr, cc],
-                        "z": res.z[rr, cc],
-                        "auc": res.auc[rr, cc],
-                        "direction": np.where(res.auc[rr, cc] > 0.5, "up", "down"),
-                        "pval": res.pval[rr, cc],
-                        "padj": padj[rr, cc],
-                    }
-                )
-            )
-            bar.update(min(chunk_size, len(tested) - s))
-        bar.close()
-    results = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=RESULT_COLUMNS)
-    results = results.sort_values(["feature", "test", "pval", "term"], kind="stable", ignore_index=True)
-    for c in ("feature", "term", "name", "test", "direction"):
-        results[c] = results[c].astype(str).astype("category")
+    results = _assemble(tables, tested, term_ids, term_names)
     summ = pd.DataFrame(
         {
             "n_up": np.diff(up.indptr),
