@@ -49,3 +49,40 @@ def small_adata() -> ad.AnnData:
     adata.obs["group"] = np.where(np.arange(adata.n_obs) % 4 == 0, "ctrl", "pert")
     adata.obsm["X_emb"] = X
     return adata
+
+
+@pytest.fixture(scope="session")
+def kang_sae():
+    """Kang 2018 on 2,000 HVGs, 30 PCs, a default TopK SAE with cell-type feature types."""
+    import scanpy as sc
+
+    import featurelens as fl
+
+    adata = ad.read_h5ad(data_path("scrna", "kang2018_ifnb_sub2000_counts.h5ad"))
+    sc.pp.normalize_total(adata, target_sum=1e4)
+    sc.pp.log1p(adata)
+    sc.pp.highly_variable_genes(adata, n_top_genes=2000)
+    sc.pp.pca(adata, n_comps=30, mask_var="highly_variable", random_state=0)
+    fl.tl.sae(adata, "X_pca", progress=False)
+    fl.tl.feature_types(adata, "sae", "cell_type")
+    return adata
+
+
+@pytest.fixture(scope="session")
+def kang_dge(kang_sae):
+    """kang_sae with within-cell-type high-vs-low DGE."""
+    import featurelens as fl
+
+    adata = kang_sae.copy()
+    fl.tl.high_vs_low(adata, "sae", groupby="cell_type", progress=False)
+    return adata
+
+
+@pytest.fixture(scope="session")
+def kang_enriched(kang_dge):
+    """kang_dge with GO BP enrichment (binomial and MWU)."""
+    import featurelens as fl
+
+    adata = kang_dge.copy()
+    fl.tl.enrich(adata, "sae", "GO_BP", progress=False)
+    return adata

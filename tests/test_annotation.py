@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 import scipy.stats as ss
-from helpers import assert_uns_equal, data_path
+from helpers import assert_uns_equal
 from statsmodels.stats.multitest import multipletests
 
 import featurelens as fl
@@ -111,33 +111,7 @@ def test_set_moments_match_direct_sums(sparse):
         np.testing.assert_allclose(m.sum_transformed[s], np.expm1(X[idx]).sum(0))
 
 
-# ---------------------------------------------------------------------------- Kang 2018 fixtures
-@pytest.fixture(scope="module")
-def kang_sae():
-    import scanpy as sc
-
-    adata = ad.read_h5ad(data_path("scrna", "kang2018_ifnb_sub2000_counts.h5ad"))
-    sc.pp.normalize_total(adata, target_sum=1e4)
-    sc.pp.log1p(adata)
-    sc.pp.highly_variable_genes(adata, n_top_genes=2000)
-    sc.pp.pca(adata, n_comps=30, mask_var="highly_variable", random_state=0)
-    fl.tl.sae(adata, "X_pca", progress=False)
-    fl.tl.feature_types(adata, "sae", "cell_type")
-    return adata
-
-
-@pytest.fixture(scope="module")
-def kang_dge(kang_sae):
-    adata = kang_sae.copy()
-    fl.tl.high_vs_low(adata, "sae", groupby="cell_type", progress=False)
-    return adata
-
-
-@pytest.fixture(scope="module")
-def kang_enriched(kang_dge):
-    adata = kang_dge.copy()
-    fl.tl.enrich(adata, "sae", "GO_BP", progress=False)
-    return adata
+# Kang 2018 fixtures (kang_sae, kang_dge, kang_enriched) live in conftest.py
 
 
 def _high_low(adata, f, groupby=None):
