@@ -36,6 +36,7 @@ def planted_dictionary(n=3000, d=32, m=64, s=3, noise=0.01, seed=0):
 def assert_uns_equal(a, b, path="uns"):
     """Recursive equality of uns-like structures (dicts, arrays, DataFrames, scalars)."""
     import pandas as pd
+    import scipy.sparse as sp
 
     if isinstance(a, dict):
         assert isinstance(b, dict), path
@@ -44,6 +45,9 @@ def assert_uns_equal(a, b, path="uns"):
             assert_uns_equal(a[k], b[k], f"{path}[{k!r}]")
     elif isinstance(a, pd.DataFrame):
         pd.testing.assert_frame_equal(a, b, check_dtype=False, check_index_type=False, obj=path)
+    elif sp.issparse(a):
+        assert sp.issparse(b) and a.shape == b.shape, path
+        assert (a != b).nnz == 0, path
     elif isinstance(a, np.ndarray):
         np.testing.assert_array_equal(a, np.asarray(b), err_msg=path)
     elif isinstance(a, float) and np.isnan(a):

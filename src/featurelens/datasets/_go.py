@@ -10,7 +10,7 @@ import pandas as pd
 
 from ..io._gmt import read_gmt
 
-__all__ = ["go_gene_sets"]
+__all__ = ["go_dag", "go_gene_sets"]
 
 GO_RELEASE = "2022-07-01"
 ONTOLOGIES = ("BP", "MF", "CC")
@@ -96,3 +96,36 @@ def go_gene_sets(ontology: str = "BP", *, min_size: int | None = None, max_size:
             keep &= sizes <= max_size
         df = df.loc[keep].reset_index(drop=True)
     return df.copy(deep=True)
+
+
+@lru_cache(maxsize=1)
+def go_dag():
+    """The Gene Ontology graph bundled with featurelens (release 2022-07-01).
+
+    43,558 terms (BP, MF, CC) and 85,716 child-parent edges (``is_a``, ``part_of``, ``regulates``,
+    ``negatively_regulates``, ``positively_regulates``), with each term's GO-slim-generic ancestors; derived
+    from the Bioconductor GO.db 3.16 package (CC BY 4.0, http://geneontology.org). The same release as
+    :func:`go_gene_sets`. Read once per session (the graph is not modified by its methods).
+
+    Returns
+    -------
+    A :class:`featurelens.io.GODag`.
+
+    Examples
+    --------
+    >>> dag = fl.datasets.go_dag()
+    >>> dag.name("GO:0051607")
+    'defense response to virus'
+    >>> [dag.name(t) for t in dag.level1("GO:0051607")]
+    ['immune system process', 'response to stimulus']
+    """
+    from ..io._go_dag import read_go_dag
+
+    root = resources.files(__package__).joinpath("data")
+    files = [f"go_terms_{GO_RELEASE}.tsv.gz", f"go_edges_{GO_RELEASE}.tsv.gz", "go2goslim_generic_2022DAG.tsv.gz"]
+    with (
+        resources.as_file(root.joinpath(files[0])) as t,
+        resources.as_file(root.joinpath(files[1])) as e,
+        resources.as_file(root.joinpath(files[2])) as s,
+    ):
+        return read_go_dag(t, e, s)
