@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 from anndata import AnnData
 
 from ..tl._dictionary import _get_entry
@@ -144,3 +145,50 @@ def enrichment(adata: AnnData, key: str = "sae", feature=None) -> pd.DataFrame:
     >>> fl.get.enrichment(adata, "sae", "f12").query("test == 'binomial_up'").nsmallest(5, "padj")
     """
     return _long_table(adata, key, "enrichment", feature, "enrich")
+
+
+def concept_adata(adata: AnnData, key: str = "sae") -> AnnData:
+    """The concept space of :func:`featurelens.tl.concept_space` as an AnnData of features.
+
+    One row per annotated feature, the binary feature x term matrix as ``X`` (sparse), the UMAP
+    coordinates in ``obsm["X_umap"]``, and as ``obs`` the concept-space columns (``category``,
+    ``n_terms``) joined with the feature table (``type``, ``group``, probe columns, ...), so scanpy's
+    plots work as they are.
+
+    Parameters
+    ----------
+    adata
+        Annotated data matrix holding the concept space.
+    key
+        Key of the dictionary.
+
+    Returns
+    -------
+    A new :class:`~anndata.AnnData` (features x GO terms); ``var`` holds each term's ``name``,
+    ``category`` and ``n_features``.
+
+    Examples
+    --------
+    >>> fdata = fl.get.concept_adata(adata, "sae")
+    >>> sc.pl.umap(fdata, color=["category", "type"])
+    """
+    entry = _get_entry(adata, key)
+    if "concept_space" not in entry:
+        raise ValueError(f"No concept space for {key!r}; run `fl.tl.concept_space(adata, {key!r})` first.")
+    cs = entry["concept_space"]
+    obs = cs["obs"].copy()
+    obs.index = obs.index.astype(str)
+    feats = entry["features"]
+    feats = feats.set_axis(feats.index.astype(str)).reindex(obs.index)
+    extra = [c for c in feats.columns if c not in obs.columns]
+    obs = obs.join(feats[extra])
+    for c in obs.columns:
+        if obs[c].dtype == object:
+            obs[c] = obs[c].astype("category")
+    X = sp.csr_matrix(cs["matrix"], dtype=np.float32)
+    var = cs["terms"].copy()
+    var.index = var.index.astype(str)
+    out = AnnData(X=X, obs=obs.drop(columns=["umap1", "umap2"]), var=var)
+    out.obsm["X_umap"] = obs[["umap1", "umap2"]].to_numpy(dtype=np.float32)
+    out.uns["concept_space"] = {"params": dict(cs["params"])}
+    return out

@@ -1,6 +1,18 @@
 """Plots of the results stored by :mod:`featurelens.tl` (read-only)."""
 
+from ._annotation import concept_space, dge, enrichment, term_counts
 from ._features import activations, feature_heatmap, feature_types, reconstruction, selectivity
 from ._training import history
 
-__all__ = ["activations", "feature_heatmap", "feature_types", "history", "reconstruction", "selectivity"]
+__all__ = [
+    "activations",
+    "concept_space",
+    "dge",
+    "enrichment",
+    "feature_heatmap",
+    "feature_types",
+    "history",
+    "reconstruction",
+    "selectivity",
+    "term_counts",
+]
