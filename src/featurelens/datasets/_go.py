@@ -117,7 +117,7 @@ def go_dag():
     >>> dag.name("GO:0051607")
     'defense response to virus'
     >>> [dag.name(t) for t in dag.level1("GO:0051607")]
-    ['immune system process', 'response to stimulus']
+    ['biological process involved in interspecies interaction between organisms', 'response to stimulus']
     """
     from ..io._go_dag import read_go_dag
 

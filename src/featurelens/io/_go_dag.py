@@ -63,7 +63,7 @@ class GODag:
     --------
     >>> dag = fl.datasets.go_dag()
     >>> dag.level1("GO:0051607")  # defense response to virus
-    ['GO:0002376', 'GO:0050896']
+    ['GO:0044419', 'GO:0050896']
     """
 
     def __init__(self, terms: pd.DataFrame, edges: pd.DataFrame, slim: pd.DataFrame | None = None):
@@ -304,6 +304,6 @@ def read_go_dag(
     --------
     >>> dag = fl.io.read_go_dag("go_terms.tsv.gz", "go_edges.tsv.gz")
     >>> dag.level1("GO:0051607")
-    ['GO:0002376', 'GO:0050896']
+    ['GO:0044419', 'GO:0050896']
     """
     return GODag(terms, edges, slim)
