@@ -192,3 +192,37 @@ def concept_adata(adata: AnnData, key: str = "sae") -> AnnData:
     out.obsm["X_umap"] = obs[["umap1", "umap2"]].to_numpy(dtype=np.float32)
     out.uns["concept_space"] = {"params": dict(cs["params"])}
     return out
+
+
+def steering(adata: AnnData, key: str = "sae", name: str | None = None) -> pd.DataFrame:
+    """Paired differential expression of a steering run of :func:`featurelens.tl.steer`.
+
+    Parameters
+    ----------
+    adata
+        Annotated data matrix holding the results.
+    key
+        Key of the dictionary.
+    name
+        Name of the steering run (the feature name unless ``key_added`` was given); may be omitted
+        when there is only one.
+
+    Returns
+    -------
+    One row per gene (a copy), sorted by adjusted p.
+
+    Examples
+    --------
+    >>> fl.get.steering(adata, "sae", "f12").query("padj < 0.05 and direction == 'up'").head(20)
+    """
+    entry = _get_entry(adata, key)
+    runs = entry.get("steering", {})
+    if not runs:
+        raise ValueError(f"No steering results for {key!r}; run `fl.tl.steer(adata, {key!r}, feature)` first.")
+    if name is None:
+        if len(runs) > 1:
+            raise ValueError(f"Several steering runs are stored ({sorted(runs)}); pass name=.")
+        name = next(iter(runs))
+    if name not in runs:
+        raise ValueError(f"No steering run {name!r}; stored runs: {sorted(runs)}.")
+    return runs[name]["results"].copy()

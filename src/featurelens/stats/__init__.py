@@ -10,6 +10,7 @@ from ._tests import (
     bh_adjust_grouped,
     binomial_sets,
     mannwhitney_sets,
+    paired_ttest,
     set_moments,
     welch_ttest,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "binomial_sets",
     "group_moments",
     "mannwhitney_sets",
+    "paired_ttest",
     "pearson_max_partner",
     "selectivity_scores",
     "set_moments",

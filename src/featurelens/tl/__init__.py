@@ -1,11 +1,27 @@
-"""Tools: learn dictionaries on embeddings and annotate their features."""
+"""Tools: learn dictionaries on embeddings and annotate their features.
 
-from ._concepts import FeatureMatch, concept_space, match_features, probe_concepts
-from ._dge import high_vs_low
-from ._dictionary import encode, icfl, reconstruct, sae
-from ._enrich import enrich, gsea
-from ._features import feature_stats, feature_types, selectivity
-from ._probe import linear_probe
+Every tool takes an AnnData or a MuData (embedding and dictionary on the MuData, expression in the
+modality chosen with ``mod=``).
+"""
+
+from .._mudata import mudata_aware
+from . import _concepts, _dge, _dictionary, _enrich, _features, _probe, _steer
+from ._concepts import FeatureMatch, match_features
+
+concept_space = mudata_aware(_concepts.concept_space)
+probe_concepts = mudata_aware(_concepts.probe_concepts)
+high_vs_low = mudata_aware(_dge.high_vs_low)
+encode = mudata_aware(_dictionary.encode)
+icfl = mudata_aware(_dictionary.icfl)
+reconstruct = mudata_aware(_dictionary.reconstruct)
+sae = mudata_aware(_dictionary.sae)
+enrich = mudata_aware(_enrich.enrich)
+gsea = mudata_aware(_enrich.gsea)
+feature_stats = mudata_aware(_features.feature_stats)
+feature_types = mudata_aware(_features.feature_types)
+selectivity = mudata_aware(_features.selectivity)
+linear_probe = mudata_aware(_probe.linear_probe)
+steer = mudata_aware(_steer.steer)
 
 __all__ = [
     "FeatureMatch",
@@ -23,4 +39,5 @@ __all__ = [
     "reconstruct",
     "sae",
     "selectivity",
+    "steer",
 ]

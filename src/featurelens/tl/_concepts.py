@@ -420,6 +420,7 @@ def match_features(
     adjusted: bool = False,
     direction: str | None = None,
     live_only: bool = True,
+    mod: str | None = None,
 ) -> FeatureMatch:
     """Match the features of two dictionaries one to one and score their agreement.
 
@@ -441,6 +442,8 @@ def match_features(
         ``"terms"`` or ``"decoder"``.
     test, pval_cutoff, adjusted, direction
         Which terms count as significant (``by="terms"``; see :func:`concept_space`).
+    mod
+        For MuData inputs: the modality whose enrichment results are read.
     live_only
         ``by="decoder"``: match only features that are active in at least one cell
         (``n_active > 0`` from :func:`featurelens.tl.feature_stats`, else the training fire rate).
@@ -462,6 +465,10 @@ def match_features(
     """
     from scipy.optimize import linear_sum_assignment
 
+    from .._mudata import as_anndata, is_mudata
+
+    adata_a = as_anndata(adata_a, mod) if is_mudata(adata_a) else adata_a
+    adata_b = as_anndata(adata_b, mod) if is_mudata(adata_b) else adata_b
     check_adata(adata_a)
     check_adata(adata_b)
     ea, eb = _get_entry(adata_a, key_a), _get_entry(adata_b, key_b)
