@@ -2,6 +2,7 @@
 
 from ._annotation import concept_space, dge, enrichment, term_counts
 from ._features import activations, feature_heatmap, feature_types, reconstruction, selectivity
+from ._steering import steering
 from ._training import history
 
 __all__ = [
@@ -14,5 +15,6 @@ __all__ = [
     "history",
     "reconstruction",
     "selectivity",
+    "steering",
     "term_counts",
 ]

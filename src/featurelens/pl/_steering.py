@@ -1,0 +1,382 @@
+"""Plot of a steering run: the steered cells in the embedding and the paired DGE volcano (read-only)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from matplotlib import patheffects
+from matplotlib.axes import Axes
+from matplotlib.lines import Line2D
+from matplotlib.text import Text
+
+from .._utils import get_rep
+from ..tl._dictionary import _get_entry
+from ._annotation import DOWN_COLOR, UP_COLOR, _neglog10, _palette
+from ._training import _finish
+
+ORIGINAL_COLOR = "#252525"
+STEERED_COLOR = "#e7298a"
+BACKGROUND_COLOR = "0.85"
+MAX_ARROWS = 200
+PADJ_THRESHOLD = 0.05
+PADJ_ZERO_FALLBACK = 300.0
+RANDOM_STATE = 0
+
+
+def _steering_run(entry: dict, key: str, name: str | None) -> tuple[str, dict]:
+    """The stored run ``name`` (the only one when ``None``), or a ValueError listing the runs."""
+    runs = entry.get("steering") or {}
+    if not runs:
+        raise ValueError(f"No steering results for {key!r}; run `fl.tl.steer(adata, {key!r}, feature)` first.")
+    if name is None:
+        if len(runs) > 1:
+            raise ValueError(f"Several steering runs are stored ({sorted(runs)}); pass name= one of them.")
+        name = next(iter(runs))
+    if name not in runs:
+        raise ValueError(f"No steering run {name!r} for {key!r}; stored runs: {sorted(runs)}.")
+    return str(name), runs[name]
+
+
+def _pca_2d(X: np.ndarray):
+    """A 2-component PCA of ``X`` (float64, fixed seed)."""
+    from sklearn.decomposition import PCA
+
+    return PCA(n_components=2, random_state=RANDOM_STATE).fit(np.asarray(X, dtype=np.float64))
+
+
+def _draw_background(ax, adata: AnnData, xy: np.ndarray, color: str | None, size: float, fig) -> list:
+    """All cells, light grey or coloured by an obs column; legend handles for categories."""
+    rasterized = len(xy) > 5000
+    if color is None:
+        ax.scatter(xy[:, 0], xy[:, 1], s=size, c=BACKGROUND_COLOR, lw=0, rasterized=rasterized, zorder=1)
+        return [Line2D([], [], ls="", marker="o", color=BACKGROUND_COLOR, label=f"all cells ({len(xy)})")]
+    if color not in adata.obs:
+        raise ValueError(
+            f"color={color!r} is not a column of adata.obs (has {', '.join(map(repr, adata.obs.columns))})."
+        )
+    values = adata.obs[color]
+    if pd.api.types.is_numeric_dtype(values.dtype) and not isinstance(values.dtype, pd.CategoricalDtype):
+        v = values.to_numpy(dtype=np.float64)
+        nan = np.isnan(v)
+        if nan.any():
+            ax.scatter(xy[nan, 0], xy[nan, 1], s=size, c=BACKGROUND_COLOR, lw=0, rasterized=rasterized, zorder=1)
+        sc = ax.scatter(
+            xy[~nan, 0], xy[~nan, 1], s=size, c=v[~nan], cmap="viridis", alpha=0.6, lw=0, rasterized=rasterized,
+            zorder=1,
+        )  # fmt: skip
+        cb = fig.colorbar(sc, ax=ax, shrink=0.5, pad=0.02, aspect=15)
+        cb.set_label(color, fontsize="small")
+        return []
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        cats = [str(c) for c in values.cat.categories]
+    else:
+        cats = sorted(values.dropna().astype(str).unique())
+    stored = adata.uns.get(f"{color}_colors")
+    pal = (
+        dict(zip(cats, [str(c) for c in stored], strict=True))
+        if stored is not None and len(stored) == len(cats)
+        else _palette(cats, None)
+    )  # scanpy's colours when stored for this column
+    strv = np.array([None if pd.isna(s) else str(s) for s in values], dtype=object)
+    handles = []
+    for c in cats:
+        m = strv == c
+        if not m.any():
+            continue
+        ax.scatter(xy[m, 0], xy[m, 1], s=size, c=pal[c], alpha=0.45, lw=0, rasterized=rasterized, zorder=1)
+        handles.append(Line2D([], [], ls="", marker="o", color=pal[c], alpha=0.45, label=f"{c} ({int(m.sum())})"))
+    na = strv == None  # noqa: E711
+    if na.any():
+        ax.scatter(xy[na, 0], xy[na, 1], s=size, c=BACKGROUND_COLOR, lw=0, rasterized=rasterized, zorder=1)
+        handles.append(Line2D([], [], ls="", marker="o", color=BACKGROUND_COLOR, label=f"NA ({int(na.sum())})"))
+    return handles
+
+
+def _label_genes(ax, x, y, labels, fontsize) -> None:
+    """Label points with leader lines, moving labels up or down until their text boxes do not overlap.
+
+    Like the volcano of :func:`featurelens.pl.dge`, but only the text (not the leader line) must be
+    free, so that many genes at one height (adjusted p of 0, drawn at the cap) still get readable labels.
+    """
+    fig = ax.figure
+    fig.draw_without_rendering()
+    renderer = fig.canvas.get_renderer()
+    box = ax.get_window_extent(renderer)
+    placed = []
+
+    def text_box(t):
+        t.update_positions(renderer)
+        return Text.get_window_extent(t, renderer)
+
+    for xi, yi, lab in zip(x, y, labels, strict=True):
+        px, _ = ax.transData.transform((xi, yi))
+        right = px < box.x0 + 0.5 * box.width
+        dx = 8 if right else -8
+        t = ax.annotate(
+            lab, (xi, yi), xytext=(dx, 0), textcoords="offset points", ha="left" if right else "right",
+            va="center", fontsize=fontsize, annotation_clip=False,
+            arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.4", "shrinkA": 0, "shrinkB": 1.5},
+        )  # fmt: skip
+        t.set_in_layout(False)
+        bb = text_box(t)
+        step = bb.height * 72 / fig.dpi * 1.1  # one line, in points
+        for k in range(200):
+            dy = step * ((k + 1) // 2) * (1 if k % 2 else -1) if k else 0.0
+            t.xyann = (dx, dy)
+            bb = text_box(t)
+            inside = bb.y0 >= box.y0 and bb.y1 <= box.y1
+            if inside and not any(bb.overlaps(o) for o in placed):
+                break
+        else:
+            t.xyann = (dx, 0.0)
+            bb = text_box(t)
+        placed.append(bb)
+
+
+def _volcano_values(res: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, str, str, np.ndarray]:
+    """x, y, x label, y label and the significance mask of the paired-DGE volcano."""
+    lfc = res["log2fc"].to_numpy(dtype=np.float64)
+    if np.isfinite(lfc).all():
+        x, xlabel = lfc, "log2 fold change (steered / original)"
+    else:
+        x, xlabel = res["delta"].to_numpy(dtype=np.float64), "delta (mean paired difference, steered - original)"
+    padj = res["padj"].to_numpy(dtype=np.float64)
+    tested = np.isfinite(padj)
+    y = np.zeros(len(padj))
+    positive = tested & (padj > 0)
+    y[positive] = -np.log10(padj[positive])
+    zero = tested & (padj <= 0)
+    ylabel = "-log10(adjusted p)"
+    if zero.any():
+        cap = max(float(y[positive].max()), float(_neglog10(PADJ_THRESHOLD))) if positive.any() else PADJ_ZERO_FALLBACK
+        y[zero] = cap
+        ylabel += f"; padj = 0 drawn at {cap:.3g}"
+    sig = tested & (np.nan_to_num(padj, nan=1.0) < PADJ_THRESHOLD)
+    return x, y, xlabel, ylabel, sig
+
+
+def steering(
+    adata: AnnData,
+    key: str,
+    name: str | None = None,
+    *,
+    basis: str = "pca",
+    color: str | None = None,
+    n_labels: int = 10,
+    arrows: bool = True,
+    size: float | None = None,
+    ax=None,
+    show: bool | None = None,
+    return_fig: bool = False,
+):
+    """Where a steering run moved the cells, and which genes it changed.
+
+    Reads what :func:`featurelens.tl.steer` stored in ``adata.uns[key]["steering"][name]``; the
+    AnnData is only read, never modified. Two panels:
+
+    1. **Cells.** A 2-component PCA (scikit-learn, fixed seed) is fitted on the embedding the run
+       steered, ``adata.obsm[params["use_rep"]]``, of all cells, and both the original embedding of
+       the steered cells and their steered embedding are projected onto it. All cells are drawn in
+       light grey (or coloured by ``color``), the steered cells at their original positions in dark
+       grey and at their steered positions in magenta, with thin arrows from one to the other (at most
+       200, a fixed random subsample), and, when the run had ``centroids``, the centroid of every
+       group (its mean embedding, projected) as a labelled cross.
+    2. **Volcano** of the paired differential expression: x is the ``log2fc`` of every gene (or, when
+       any gene's ``log2fc`` is not finite, e.g. for a decoder predicting negative values without
+       clipping, the mean paired difference ``delta`` of all genes, as the axis label says), y is
+       -log10 of the adjusted p; adjusted p of exactly 0 (underflow) are drawn at the largest finite
+       value (at least the significance line), or at 300 when no adjusted p is positive, which the y
+       label states. Genes with adjusted p below 0.05 are red (up) or blue (down), the others grey;
+       genes without a test (NaN p) are drawn at 0. The ``n_labels`` significant genes with the largest
+       ``|delta|`` are labelled. With linear decoders all genes often share one t statistic (the
+       change is one factor times a fixed gene loading), so the effect size, not p, ranks them. Genes
+       whose clipped prediction is 0 in every cell on one side get a very large ``|log2fc|``; limit the
+       view with ``axes[1].set_xlim`` if needed.
+
+    Parameters
+    ----------
+    adata
+        Annotated data matrix after :func:`featurelens.tl.steer`.
+    key
+        Key of the dictionary.
+    name
+        Name of the steering run (the feature name unless ``key_added`` was given); may be omitted
+        when there is only one.
+    basis
+        Only ``"pca"``. Steered cells are new points in the embedding, and a stored UMAP or t-SNE
+        (``adata.obsm["X_umap"]``) holds coordinates of the existing cells only, without a model
+        that could place new points; a PCA fitted here projects any point linearly, so original and
+        steered cells share one view.
+    color
+        Column of ``adata.obs`` that colours all cells (e.g. ``"condition"``): categories get a
+        legend (scanpy's colours from ``adata.uns[f"{color}_colors"]`` when stored), numbers a colour
+        bar. ``None``: light grey.
+    n_labels
+        Number of genes labelled in the volcano.
+    arrows
+        Draw arrows from the original to the steered position.
+    size
+        Point size of all cells (the steered cells are drawn twice as large); default from the
+        number of cells.
+    ax
+        Two Axes to draw into (cells, volcano).
+    show
+        Show the figure (default: when matplotlib is interactive).
+    return_fig
+        Return the figure.
+
+    Returns
+    -------
+    The figure with ``return_fig=True``; otherwise an array of the two Axes (cells, volcano), or
+    ``None`` when shown.
+
+    Examples
+    --------
+    >>> fl.tl.steer(adata, "sae", "f12", groupby="cell_type", group="CD14 Mono", cells="condition == 'CTRL'",
+    ...             centroids="condition")
+    >>> fl.pl.steering(adata, "sae", "f12", color="condition")
+    """
+    entry = _get_entry(adata, key)
+    run_name, run = _steering_run(entry, key, name)
+    if basis != "pca":
+        raise ValueError(
+            f"basis={basis!r} cannot place steered cells: the steered embedding is new points, and a stored "
+            f"{basis.upper() if isinstance(basis, str) else basis} holds coordinates of the existing cells only "
+            "(it cannot embed new points here). Use basis='pca', a PCA of the steered embedding space that projects "
+            "original and steered cells alike."
+        )
+    params = run.get("params", {})
+    rep = params.get("use_rep")
+    if rep is None:
+        raise ValueError(f"Steering run {run_name!r} has no params['use_rep']; rerun `fl.tl.steer`.")
+    X = get_rep(adata, str(rep))
+    cells = run["cells"]
+    idx = adata.obs_names.get_indexer(cells["obs_name"].astype(str))
+    if (idx < 0).any():
+        raise ValueError(
+            f"{int((idx < 0).sum())} steered cell(s) of run {run_name!r} are not in adata (was it subset after "
+            "`fl.tl.steer`?)."
+        )
+    X1 = np.asarray(run["embedding"], dtype=np.float64)
+    if X1.shape != (len(idx), X.shape[1]):
+        raise ValueError(
+            f"The stored steered embedding has shape {X1.shape}; expected ({len(idx)}, {X.shape[1]}) "
+            f"(steered cells x dimensions of adata.obsm[{rep!r}])."
+        )
+    if ax is not None:
+        if isinstance(ax, Axes) or not isinstance(ax, Sequence | np.ndarray) or len(ax) != 2:
+            raise ValueError("`ax=` needs two Axes: one for the cells, one for the volcano.")
+        axes = np.asarray(list(ax), dtype=object)
+        fig = axes[0].figure
+    else:
+        fig, axs = plt.subplots(1, 2, figsize=(10.5, 5.0), layout="constrained", width_ratios=[1.1, 1.0])
+        axes = np.asarray(axs, dtype=object)
+    ax_cells, ax_volcano = axes
+
+    # ---- panel 1: cells in a PCA of the embedding
+    pca = _pca_2d(X)
+    xy = pca.transform(X.astype(np.float64))
+    xy0, xy1 = xy[idx], pca.transform(X1)
+    size = float(np.clip(20000.0 / max(adata.n_obs, 1), 1.0, 20.0)) if size is None else float(size)
+    handles = _draw_background(ax_cells, adata, xy, color, size, fig)
+    n = len(idx)
+    ax_cells.scatter(
+        xy0[:, 0], xy0[:, 1], s=2 * size, c=ORIGINAL_COLOR, edgecolors="white", linewidths=0.2, zorder=2,
+        label=f"original ({n})",
+    )  # fmt: skip
+    if arrows and n:
+        take = np.arange(n)
+        if n > MAX_ARROWS:
+            take = np.sort(np.random.default_rng(RANDOM_STATE).choice(n, MAX_ARROWS, replace=False))
+        d = xy1[take] - xy0[take]
+        ax_cells.quiver(
+            xy0[take, 0], xy0[take, 1], d[:, 0], d[:, 1], angles="xy", scale_units="xy", scale=1, color="0.35",
+            alpha=0.6, width=0.002, headwidth=5, headlength=6, headaxislength=5.5, zorder=3,
+        )  # fmt: skip
+    ax_cells.scatter(
+        xy1[:, 0], xy1[:, 1], s=2 * size, c=STEERED_COLOR, edgecolors="white", linewidths=0.2, zorder=4,
+        label=f"steered ({n})",
+    )  # fmt: skip
+    handles += [
+        Line2D([], [], ls="", marker="o", color=ORIGINAL_COLOR, label=f"original ({n})"),
+        Line2D([], [], ls="", marker="o", color=STEERED_COLOR, label=f"steered ({n})"),
+    ]
+    col = params.get("centroids")
+    if col is not None:
+        if col not in adata.obs:
+            raise ValueError(f"The run's centroids column {col!r} is no longer in adata.obs.")
+        labels = adata.obs[col].astype(str).to_numpy()
+        groups = sorted(pd.unique(labels))  # as fl.tl.steer orders them
+        C = pca.transform(np.stack([X[labels == g].astype(np.float64).mean(0) for g in groups]))
+        ax_cells.scatter(
+            C[:, 0], C[:, 1], s=90, marker="X", c="black", edgecolors="white", linewidths=1.0, zorder=5,
+            label=f"centroids of {col}",
+        )  # fmt: skip
+        for g, (cx, cy) in zip(groups, C, strict=True):
+            ax_cells.annotate(
+                g, (cx, cy), xytext=(6, 6), textcoords="offset points", fontsize="small", weight="bold", zorder=6,
+                path_effects=[patheffects.withStroke(linewidth=2.5, foreground="white")],
+            )  # fmt: skip
+        handles.append(Line2D([], [], ls="", marker="X", color="black", mec="white", label=f"centroid of {col}"))
+    evr = pca.explained_variance_ratio_
+    ax_cells.set_xlabel(f"PC1 of {rep} ({evr[0]:.0%})")
+    ax_cells.set_ylabel(f"PC2 of {rep} ({evr[1]:.0%})")
+    ax_cells.set_xticks([])
+    ax_cells.set_yticks([])
+    feature, value = params.get("feature", run_name), params.get("value", np.nan)
+    title = f"{feature} set to {float(value):.3g} in {n} cells"
+    frac = params.get("frac_nearest_changed", np.nan)
+    if col is not None and frac is not None and np.isfinite(float(frac)):
+        title += f"\nnearest {col} centroid changed for {float(frac):.0%}"
+    ax_cells.set_title(title, fontsize="medium")
+    ax_cells.legend(
+        handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncols=2, frameon=False, fontsize="x-small",
+        markerscale=1.5, handletextpad=0.2, columnspacing=1.0,
+    )  # fmt: skip
+
+    # ---- panel 2: volcano of the paired DGE
+    res = run["results"]
+    x, y, xlabel, ylabel, sig = _volcano_values(res)
+    direction = res["direction"].astype(str).to_numpy()
+    tested = np.isfinite(res["padj"].to_numpy(dtype=np.float64))
+    drawn = np.isfinite(x)
+    groups_v = [
+        (drawn & ~tested, "0.82", "not tested, drawn at 0"),
+        (drawn & tested & ~sig, "0.6", f"padj ≥ {PADJ_THRESHOLD:g}"),
+        (drawn & sig & (direction == "down"), DOWN_COLOR, "down"),
+        (drawn & sig & (direction == "up"), UP_COLOR, "up"),
+        (drawn & sig & (direction == "none"), "0.2", f"padj < {PADJ_THRESHOLD:g}, no change"),
+    ]
+    for mask, c, label in groups_v:
+        if mask.any():
+            ax_volcano.scatter(
+                x[mask], y[mask], s=6, c=c, lw=0, rasterized=mask.sum() > 5000, label=f"{label} ({int(mask.sum())})"
+            )
+    ax_volcano.axhline(_neglog10(PADJ_THRESHOLD), color="0.5", lw=0.8, ls="--")
+    ax_volcano.axvline(0, color="0.7", lw=0.6)
+    span = float(np.abs(x[drawn]).max()) if drawn.any() else 1.0
+    span = span if span > 0 else 1.0
+    ymax = max(float(y.max()) if y.size else 0.0, float(_neglog10(PADJ_THRESHOLD)))
+    ax_volcano.set_xlim(-1.08 * span, 1.08 * span)
+    ax_volcano.set_ylim(-0.04 * ymax - 0.1, 1.06 * ymax + 0.1)
+    ax_volcano.set_xlabel(xlabel)
+    ax_volcano.set_ylabel(ylabel)
+    ax_volcano.set_title(
+        f"{feature}: steered vs original ({params.get('method', '?')}, {params.get('decoder', '?')} decoder)",
+        fontsize="medium",
+    )
+    if len(ax_volcano.collections):
+        ax_volcano.legend(
+            loc="upper center", bbox_to_anchor=(0.5, -0.12), ncols=2, frameon=False, fontsize="x-small",
+            markerscale=2, handletextpad=0.2, columnspacing=1.0,
+        )  # fmt: skip
+    if n_labels > 0:
+        cand = np.flatnonzero(sig & drawn)
+        order = cand[np.argsort(-np.abs(res["delta"].to_numpy(dtype=np.float64)[cand]), kind="stable")][:n_labels]
+        if order.size:
+            _label_genes(ax_volcano, x[order], y[order], list(res["gene"].astype(str).to_numpy()[order]), "x-small")
+    return _finish(fig, show, return_fig, axes)
