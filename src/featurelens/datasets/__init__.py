@@ -1,5 +1,6 @@
 """Bundled example data."""
 
 from ._go import go_dag, go_gene_sets
+from ._kang import kang2018
 
-__all__ = ["go_dag", "go_gene_sets"]
+__all__ = ["go_dag", "go_gene_sets", "kang2018"]
