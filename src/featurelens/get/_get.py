@@ -215,14 +215,7 @@ def steering(adata: AnnData, key: str = "sae", name: str | None = None) -> pd.Da
     --------
     >>> fl.get.steering(adata, "sae", "f12").query("padj < 0.05 and direction == 'up'").head(20)
     """
-    entry = _get_entry(adata, key)
-    runs = entry.get("steering", {})
-    if not runs:
-        raise ValueError(f"No steering results for {key!r}; run `fl.tl.steer(adata, {key!r}, feature)` first.")
-    if name is None:
-        if len(runs) > 1:
-            raise ValueError(f"Several steering runs are stored ({sorted(runs)}); pass name=.")
-        name = next(iter(runs))
-    if name not in runs:
-        raise ValueError(f"No steering run {name!r}; stored runs: {sorted(runs)}.")
-    return runs[name]["results"].copy()
+    from ..tl._steer import steering_run
+
+    _, run = steering_run(_get_entry(adata, key), key, name)
+    return run["results"].copy()

@@ -15,6 +15,7 @@ from matplotlib.text import Text
 
 from .._utils import get_rep
 from ..tl._dictionary import _get_entry
+from ..tl._steer import steering_run as _steering_run
 from ._annotation import DOWN_COLOR, UP_COLOR, _neglog10, _palette
 from ._training import _finish
 
@@ -25,20 +26,6 @@ MAX_ARROWS = 200
 PADJ_THRESHOLD = 0.05
 PADJ_ZERO_FALLBACK = 300.0
 RANDOM_STATE = 0
-
-
-def _steering_run(entry: dict, key: str, name: str | None) -> tuple[str, dict]:
-    """The stored run ``name`` (the only one when ``None``), or a ValueError listing the runs."""
-    runs = entry.get("steering") or {}
-    if not runs:
-        raise ValueError(f"No steering results for {key!r}; run `fl.tl.steer(adata, {key!r}, feature)` first.")
-    if name is None:
-        if len(runs) > 1:
-            raise ValueError(f"Several steering runs are stored ({sorted(runs)}); pass name= one of them.")
-        name = next(iter(runs))
-    if name not in runs:
-        raise ValueError(f"No steering run {name!r} for {key!r}; stored runs: {sorted(runs)}.")
-    return str(name), runs[name]
 
 
 def _pca_2d(X: np.ndarray):

@@ -446,3 +446,17 @@ def _deseq2(P0: np.ndarray, P1: np.ndarray, genes: pd.Index, n_cells: int, rando
     lfc = np.full(len(genes), np.nan)
     stat[keep], p[keep], lfc[keep] = r["stat"].to_numpy(), r["pvalue"].to_numpy(), r["log2FoldChange"].to_numpy()
     return stat, p, lfc
+
+
+def steering_run(entry: dict, key: str, name: str | None) -> tuple[str, dict]:
+    """The stored run ``name`` (the only one when ``None``), or a ValueError listing the runs."""
+    runs = entry.get("steering") or {}
+    if not runs:
+        raise ValueError(f"No steering results for {key!r}; run `fl.tl.steer(adata, {key!r}, feature)` first.")
+    if name is None:
+        if len(runs) > 1:
+            raise ValueError(f"Several steering runs are stored ({sorted(runs)}); pass name= one of them.")
+        name = next(iter(runs))
+    if name not in runs:
+        raise ValueError(f"No steering run {name!r} for {key!r}; stored runs: {sorted(runs)}.")
+    return str(name), runs[name]
