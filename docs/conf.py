@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import sys
 import warnings
 from datetime import datetime
@@ -82,8 +83,24 @@ typehints_document_rtype = True
 # -- MyST / myst-nb ----------------------------------------------------------------------
 myst_enable_extensions = ["amsmath", "colon_fence", "deflist", "dollarmath", "html_image", "substitution"]
 myst_heading_anchors = 3
-nb_execution_mode = "off"  # notebooks are rendered with their stored outputs
 nb_merge_streams = True
+# Tutorials live in ../tutorials (committed with outputs) and are copied here at build time.
+# By default they are rendered with their stored outputs; FEATURELENS_DOCS_EXECUTE=1 re-runs them
+# (with FEATURELENS_TUTORIAL_SMALL=1: small settings) so the docs CI fails when one breaks.
+_TUTORIALS = HERE.parent / "tutorials"
+_copied = HERE / "tutorials"
+_copied.mkdir(exist_ok=True)
+for _nb in sorted(_TUTORIALS.glob("*.ipynb")):
+    _target = _copied / _nb.name
+    if not _target.exists() or _target.read_bytes() != _nb.read_bytes():
+        shutil.copyfile(_nb, _target)
+if os.environ.get("FEATURELENS_DOCS_EXECUTE"):
+    os.environ.setdefault("FEATURELENS_TUTORIAL_SMALL", "1")
+    nb_execution_mode = "force"
+    nb_execution_timeout = 1800
+    nb_execution_raise_on_error = True
+else:
+    nb_execution_mode = "off"
 
 # -- intersphinx -------------------------------------------------------------------------
 intersphinx_timeout = 5
