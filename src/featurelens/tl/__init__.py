@@ -5,7 +5,7 @@ modality chosen with ``mod=``).
 """
 
 from .._mudata import mudata_aware
-from . import _concepts, _dge, _dictionary, _enrich, _features, _probe, _steer
+from . import _concepts, _dge, _dictionary, _enrich, _features, _probe, _recovery, _steer
 from ._concepts import FeatureMatch, match_features
 
 concept_space = mudata_aware(_concepts.concept_space)
@@ -22,9 +22,14 @@ feature_types = mudata_aware(_features.feature_types)
 selectivity = mudata_aware(_features.selectivity)
 linear_probe = mudata_aware(_probe.linear_probe)
 steer = mudata_aware(_steer.steer)
+autoencoder = mudata_aware(_recovery.autoencoder)
+superposition = mudata_aware(_recovery.superposition)
+structure_recovery = mudata_aware(_recovery.structure_recovery)
+variable_recovery = mudata_aware(_recovery.variable_recovery)
 
 __all__ = [
     "FeatureMatch",
+    "autoencoder",
     "concept_space",
     "encode",
     "enrich",
@@ -40,4 +45,7 @@ __all__ = [
     "sae",
     "selectivity",
     "steer",
+    "structure_recovery",
+    "superposition",
+    "variable_recovery",
 ]
