@@ -430,3 +430,34 @@ def test_sae_features_on_the_simulation(sim_ae):
     st = fl.tl.structure_recovery(a, "sae")
     assert list(st.index) == ["20", "30", "40", "50", "60", "70"]
     assert ((st["frac_recovered"] >= 0) & (st["frac_recovered"] <= 1)).all()
+
+
+def test_recovery_plot_draws_the_stored_table(sim_ae):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.decomposition import PCA
+
+    a = sim_ae.copy()
+    a.obsm["X_pca_ae"] = PCA(10, random_state=0).fit_transform(a.obsm["X_ae"])
+    variables = ["X", "X_programs", "X_programs_active"]
+    for rep in ("X_ae", "X_pca_ae"):
+        fl.tl.variable_recovery(a, variables, use_rep=rep)
+    before = {k: v["summary"].copy() for k, v in a.uns["variable_recovery"].items()}
+    fig = fl.pl.recovery(a, ["X_pca_ae", "X_ae"], labels={"X_programs_active": "X''"}, return_fig=True)
+    ax = fig.axes[0]
+    heights = np.array([b.get_height() for b in ax.patches]).reshape(2, 3)
+    for i, rep in enumerate(("X_pca_ae", "X_ae")):
+        np.testing.assert_allclose(heights[i], a.uns["variable_recovery"][rep]["summary"].loc[variables, "mean_best_r"])
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["X", "X_programs", "X''"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["X_pca_ae", "X_ae"]
+    plt.close(fig)
+    for k, v in before.items():
+        pd.testing.assert_frame_equal(v, a.uns["variable_recovery"][k]["summary"])
+    with pytest.raises(ValueError, match="No recovery results"):
+        fl.pl.recovery(a, ["X_ica"])
+    with pytest.raises(ValueError, match="Unknown variable"):
+        fl.pl.recovery(a, variables=["Y"])
+    with pytest.raises(ValueError, match="No variable recovery results"):
+        fl.pl.recovery(fl.datasets.simulate("small", n_obs=50))
