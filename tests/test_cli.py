@@ -29,7 +29,8 @@ def test_cli_run_writes_the_annotated_file_plots_and_summary(kang_sae, tmp_path)
     path = tmp_path / "kang.h5ad"
     src.write_h5ad(path)
     out = tmp_path / "out"
-    rc = main(["run", str(path), "--use-rep", "X_pca", "--groupby", "cell_type", "--out", str(out), "--quiet"])
+    args = ["run", str(path), "--use-rep", "X_pca", "--groupby", "cell_type", "--out", str(out), "--quiet"]
+    rc = main([*args, "--n-steps", "400"])
     assert rc == 0
     adata = ad.read_h5ad(out / "kang_featurelens.h5ad")
     assert {"dge", "enrichment", "concept_space", "features"} <= set(adata.uns["sae"])

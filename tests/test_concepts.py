@@ -277,7 +277,7 @@ def test_match_features_with_itself_and_across_seeds(kang_enriched, kang_sae):
     assert res.score == pytest.approx(1.0) and (res.pairs["feature_a"] == res.pairs["feature_b"]).all()
 
     other = kang_sae.copy()
-    fl.tl.sae(other, "X_pca", random_state=1, progress=False)
+    fl.tl.sae(other, "X_pca", random_state=1, n_steps=600, progress=False)
     fl.tl.feature_stats(other, "sae")
     fl.tl.high_vs_low(other, "sae", groupby="cell_type", progress=False)
     fl.tl.enrich(other, "sae", "GO_BP", progress=False)
@@ -313,7 +313,9 @@ def test_match_features_by_decoder_recovers_seeds_on_planted_atoms():
     adata = ad.AnnData(np.zeros((X.shape[0], 1), dtype=np.float32))
     adata.obsm["X_emb"] = X
     for seed in (0, 1):
-        fl.tl.sae(adata, "X_emb", n_features=48, k=3, random_state=seed, key_added=f"s{seed}", progress=False)
+        fl.tl.sae(
+            adata, "X_emb", n_features=48, k=3, n_steps=800, random_state=seed, key_added=f"s{seed}", progress=False
+        )
     pairs, score = fl.tl.match_features(adata, "s0", adata, "s1", by="decoder")
     rng = np.random.default_rng(0)
     R = rng.normal(size=(48, 32))

@@ -210,16 +210,9 @@ def test_quality_on_training_and_held_out_cells(kang_pca):
 
 # ---------------------------------------------------------------------------- acceptance on Kang 2018
 @pytest.fixture(scope="module")
-def kang_hvg():
-    import scanpy as sc
-    from helpers import data_path
-
-    adata = ad.read_h5ad(data_path("scrna", "kang2018_ifnb_sub2000_counts.h5ad"))
-    sc.pp.normalize_total(adata, target_sum=1e4)
-    sc.pp.log1p(adata)
-    sc.pp.highly_variable_genes(adata, n_top_genes=2000)
-    sc.pp.pca(adata, n_comps=30, mask_var="highly_variable", random_state=0)
-    fl.tl.sae(adata, "X_pca", progress=False)
+def kang_hvg(kang_sae):
+    """Kang 2018 on HVGs with the shared default SAE and an ICFL dictionary on the same PCA."""
+    adata = kang_sae.copy()
     fl.tl.icfl(adata, "X_pca", progress=False)
     return adata
 
