@@ -72,7 +72,7 @@ def main() -> None:
     variables = list(VARIABLES)
     methods = {"PCA": "X_pca_obs", "ICA": "X_ica_obs", "SVD": "X_svd_obs", "AE units": "X_ae", "SAE": "sae"}
     t = time.perf_counter()
-    for name, rep in methods.items():
+    for rep in methods.values():
         if rep == "sae":
             fl.tl.variable_recovery(adata, variables, key="sae")
         else:
