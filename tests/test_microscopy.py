@@ -540,3 +540,18 @@ def test_timelapse_frames_through_the_cnn():
     np.testing.assert_array_equal(adata.uns["microscopy"]["grid"], [63, 63])
     np.testing.assert_allclose(adata.obsm["X_emb"], adata.obsm["X_tokens"].mean(1), rtol=1e-5, atol=1e-6)
     assert adata.obs["frame"].tolist() == [0, 10, 20]
+
+
+def test_bundled_microscopy_examples_equal_the_shared_files():
+    import tifffile
+
+    plate = fl.datasets.cellpainting_plate()
+    ref = fl.microscopy.read_profiles(data_path(*PROFILES))
+    assert plate.shape == ref.shape == (384, 454)
+    np.testing.assert_array_equal(plate.X, ref.X)
+    pd.testing.assert_frame_equal(plate.obs, ref.obs)
+    assert (plate.obs["Metadata_broad_sample"] == "DMSO").sum() == 24
+    image, labels = fl.datasets.nuclei_image()
+    np.testing.assert_array_equal(image, tifffile.imread(data_path("images", "stardist_dsb2018_img2d.tif")))
+    np.testing.assert_array_equal(labels, tifffile.imread(data_path("images", "stardist_dsb2018_mask2d.tif")))
+    assert image.shape == labels.shape == (512, 512) and labels.max() > 10
