@@ -12,6 +12,7 @@ from matplotlib import colors as mcolors
 from matplotlib import patheffects
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
+from matplotlib.text import Text
 
 from ..tl._dictionary import _get_entry
 from ._features import _feature_index
@@ -60,35 +61,44 @@ def _axes(ax, figsize):
     return ax.figure, ax
 
 
-def _label_points(ax, x, y, labels, fontsize) -> None:
-    """Label points next to them, moving labels up or down (with a leader line) so they do not overlap."""
+def _label_points(ax, x, y, labels, fontsize, *, offset: float = 5) -> None:
+    """Label points next to them, moving labels up or down (with a leader line) so they do not overlap.
+
+    Only the text boxes must be free (not the leader lines), so that many points at one height (e.g.
+    adjusted p of 0 drawn at a cap) still get readable labels.
+    """
     fig = ax.figure
     fig.draw_without_rendering()
     renderer = fig.canvas.get_renderer()
     box = ax.get_window_extent(renderer)
     placed = []
+
+    def text_box(t):
+        t.update_positions(renderer)
+        return Text.get_window_extent(t, renderer)
+
     for xi, yi, lab in zip(x, y, labels, strict=True):
         px, _ = ax.transData.transform((xi, yi))
         right = px < box.x0 + 0.5 * box.width
-        dx = 5 if right else -5
+        dx = offset if right else -offset
         t = ax.annotate(
             lab, (xi, yi), xytext=(dx, 0), textcoords="offset points", ha="left" if right else "right",
             va="center", fontsize=fontsize, annotation_clip=False,
             arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.4", "shrinkA": 0, "shrinkB": 1.5},
         )  # fmt: skip
         t.set_in_layout(False)
-        bb = t.get_window_extent(renderer)
+        bb = text_box(t)
         step = bb.height * 72 / fig.dpi * 1.1  # one line, in points
-        for k in range(60):
+        for k in range(200):
             dy = step * ((k + 1) // 2) * (1 if k % 2 else -1) if k else 0.0
             t.xyann = (dx, dy)
-            bb = t.get_window_extent(renderer)
+            bb = text_box(t)
             inside = bb.y0 >= box.y0 and bb.y1 <= box.y1
             if inside and not any(bb.overlaps(o) for o in placed):
                 break
         else:
             t.xyann = (dx, 0.0)
-            bb = t.get_window_extent(renderer)
+            bb = text_box(t)
         placed.append(bb)
 
 

@@ -11,12 +11,11 @@ from anndata import AnnData
 from matplotlib import patheffects
 from matplotlib.axes import Axes
 from matplotlib.lines import Line2D
-from matplotlib.text import Text
 
 from .._utils import get_rep
 from ..tl._dictionary import _get_entry
 from ..tl._steer import steering_run as _steering_run
-from ._annotation import DOWN_COLOR, UP_COLOR, _neglog10, _palette
+from ._annotation import DOWN_COLOR, UP_COLOR, _label_points, _neglog10, _palette
 from ._training import _finish
 
 ORIGINAL_COLOR = "#252525"
@@ -81,47 +80,6 @@ def _draw_background(ax, adata: AnnData, xy: np.ndarray, color: str | None, size
         ax.scatter(xy[na, 0], xy[na, 1], s=size, c=BACKGROUND_COLOR, lw=0, rasterized=rasterized, zorder=1)
         handles.append(Line2D([], [], ls="", marker="o", color=BACKGROUND_COLOR, label=f"NA ({int(na.sum())})"))
     return handles
-
-
-def _label_genes(ax, x, y, labels, fontsize) -> None:
-    """Label points with leader lines, moving labels up or down until their text boxes do not overlap.
-
-    Like the volcano of :func:`featurelens.pl.dge`, but only the text (not the leader line) must be
-    free, so that many genes at one height (adjusted p of 0, drawn at the cap) still get readable labels.
-    """
-    fig = ax.figure
-    fig.draw_without_rendering()
-    renderer = fig.canvas.get_renderer()
-    box = ax.get_window_extent(renderer)
-    placed = []
-
-    def text_box(t):
-        t.update_positions(renderer)
-        return Text.get_window_extent(t, renderer)
-
-    for xi, yi, lab in zip(x, y, labels, strict=True):
-        px, _ = ax.transData.transform((xi, yi))
-        right = px < box.x0 + 0.5 * box.width
-        dx = 8 if right else -8
-        t = ax.annotate(
-            lab, (xi, yi), xytext=(dx, 0), textcoords="offset points", ha="left" if right else "right",
-            va="center", fontsize=fontsize, annotation_clip=False,
-            arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.4", "shrinkA": 0, "shrinkB": 1.5},
-        )  # fmt: skip
-        t.set_in_layout(False)
-        bb = text_box(t)
-        step = bb.height * 72 / fig.dpi * 1.1  # one line, in points
-        for k in range(200):
-            dy = step * ((k + 1) // 2) * (1 if k % 2 else -1) if k else 0.0
-            t.xyann = (dx, dy)
-            bb = text_box(t)
-            inside = bb.y0 >= box.y0 and bb.y1 <= box.y1
-            if inside and not any(bb.overlaps(o) for o in placed):
-                break
-        else:
-            t.xyann = (dx, 0.0)
-            bb = text_box(t)
-        placed.append(bb)
 
 
 def _volcano_values(res: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, str, str, np.ndarray]:
@@ -365,5 +323,6 @@ def steering(
         cand = np.flatnonzero(sig & drawn)
         order = cand[np.argsort(-np.abs(res["delta"].to_numpy(dtype=np.float64)[cand]), kind="stable")][:n_labels]
         if order.size:
-            _label_genes(ax_volcano, x[order], y[order], list(res["gene"].astype(str).to_numpy()[order]), "x-small")
+            genes = list(res["gene"].astype(str).to_numpy()[order])
+            _label_points(ax_volcano, x[order], y[order], genes, "x-small", offset=8)
     return _finish(fig, show, return_fig, axes)
