@@ -354,11 +354,26 @@ def test_extract_errors_and_hook_removal(vit_images):
         fl.microscopy.extract_embeddings(model, vit_images, layer="blocks.1", progress=False)
     with pytest.raises(ValueError, match=r"no class token"):
         fl.microscopy.extract_embeddings(small_cnn(), vit_images, layer="pool1", cls_token=True, progress=False)
-    # an error inside the forward pass (two channels for a one-channel model) still removes the hook
+    # images with the wrong channel count: a clear error, and the hook is removed
     model.train()
-    with pytest.raises(RuntimeError):
+    with pytest.raises(ValueError, match=r"2 channel\(s\).*first convolution expects 1"):
         fl.microscopy.extract_embeddings(model, np.zeros((2, 2, 16, 16), np.float32), layer="blocks.1", progress=False)
     assert not model.blocks[1]._forward_hooks and model.training
+
+    # an error inside the forward pass still removes the hook
+    class Failing(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = torch.nn.Linear(4, 4)
+
+        def forward(self, x):
+            self.inner(x.flatten(1))
+            raise RuntimeError("boom")
+
+    failing = Failing()
+    with pytest.raises(RuntimeError, match="boom"):
+        fl.microscopy.extract_embeddings(failing, np.zeros((2, 2, 2), np.float32), layer="inner", progress=False)
+    assert not failing.inner._forward_hooks
 
 
 # ---------------------------------------------------------------------------- token_scores

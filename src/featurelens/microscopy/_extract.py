@@ -277,6 +277,7 @@ def extract_embeddings(
                 x, batch_labels = source.batch(start, stop, transform)
                 if first_param is not None and x.dtype != first_param.dtype and torch.is_floating_point(first_param):
                     x = x.to(first_param.dtype)
+                _check_channels(model, x)
                 captured.clear()
                 model(x.to(dev))
                 if not captured:
@@ -353,3 +354,18 @@ def extract_embeddings(
         )
     adata.uns[UNS_KEY].update({"layer": layer, "model": type(model).__name__, "layer_output": kind})
     return adata
+
+
+def _check_channels(model, x) -> None:
+    """Clear error when the images' channel count differs from the model's first convolution."""
+    from torch import nn
+
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d)), None)
+    if first is None or x.ndim != 4:
+        return
+    if x.shape[1] != first.in_channels:
+        raise ValueError(
+            f"The images have {x.shape[1]} channel(s) (shape {tuple(x.shape)}) but the model's first convolution "
+            f"expects {first.in_channels}. Pass images of shape (N, {first.in_channels}, H, W), or a `transform=` "
+            "that selects or stacks channels."
+        )
