@@ -14,6 +14,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.text import Text
 
+from ..tl._concepts import significant_terms
 from ..tl._dictionary import _get_entry
 from ._features import _feature_index
 from ._training import _finish
@@ -430,13 +431,6 @@ def dge(
     return _finish(fig, show, return_fig, ax)
 
 
-def _significant(res: pd.DataFrame, tests: tuple[str, ...], pval_cutoff: float, adjusted: bool) -> pd.DataFrame:
-    col = "padj" if adjusted else "pval"
-    keep = res["test"].astype(str).isin(tests).to_numpy() & (res[col].to_numpy() < pval_cutoff)
-    sig = res.loc[keep, ["feature", "term", "name"]]
-    return sig.drop_duplicates(["feature", "term"])
-
-
 def term_counts(
     adata: AnnData,
     key: str,
@@ -513,7 +507,7 @@ def term_counts(
         )
     if kind not in ("terms", "features", "both"):
         raise ValueError(f"`kind` must be 'terms', 'features' or 'both', got {kind!r}.")
-    sig = _significant(res, tests, pval_cutoff, adjusted)
+    sig = significant_terms(entry, key, test=tests, pval_cutoff=pval_cutoff, adjusted=adjusted)
     per_term = (
         sig.groupby("term", observed=True)
         .agg(name=("name", "first"), n_features=("feature", "size"))

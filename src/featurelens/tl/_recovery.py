@@ -506,17 +506,11 @@ def structure_recovery(
     >>> fl.tl.structure_recovery(adata, "sae")
     """
     from ..stats import bh_adjust, binomial_sets
+    from ._dge import expression_matrix
 
     check_adata(adata)
     Z, names = _dictionary_activations(adata, key)
-    if layer is None:
-        Y = adata.X
-        if Y is None:
-            raise ValueError("adata.X is empty; pass `layer=` with the observables.")
-    elif layer in adata.layers:
-        Y = adata.layers[layer]
-    else:
-        raise ValueError(f"`layer={layer!r}` is not in adata.layers, which has {list(adata.layers) or 'nothing'}.")
+    Y = expression_matrix(adata, layer)
     if connectivity is None:
         sim = adata.uns.get("simulation")
         if not isinstance(sim, dict) or "connectivity" not in sim:
