@@ -71,7 +71,7 @@ def write_back(bridge: AnnData, mdata, mod: str | None) -> None:
             mdata.obsm[k] = v
     for c in bridge.obs.columns:
         if c not in mdata.obs.columns or not bridge.obs[c].equals(mdata.obs[c]):
-            mdata.obs[c] = bridge.obs[c].to_numpy() if c in mdata.obs.columns else bridge.obs[c].values
+            mdata.obs[c] = bridge.obs[c].values
     m = mdata.mod[mod] if mod is not None else None
     for k, v in bridge.uns.items():
         if m is not None and k in m.uns and k not in mdata.uns:
