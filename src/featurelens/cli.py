@@ -23,9 +23,20 @@ def _say(msg: str) -> None:
 def summary_table(adata, key: str, n: int = 20) -> pd.DataFrame:
     """The most interpretable features: the best up-regulated GO term of each annotated feature.
 
+    Parameters
+    ----------
+    adata
+        An :class:`~anndata.AnnData` with a dictionary, high-vs-low DGE and enrichment results under ``key``.
+    key
+        The dictionary's key in ``adata.uns`` (``"sae"`` or ``"icfl"``).
+    n
+        Number of rows to keep.
+
+    Returns
+    -------
     One row per feature with type, group, number of significant terms, the best term by
     ``binomial_up`` adjusted p (MWU when no binomial results exist) and the top up-regulated genes,
-    sorted by that adjusted p.
+    sorted by that adjusted p; empty when no feature has an enriched term.
     """
     import featurelens as fl
 
