@@ -225,7 +225,7 @@ def _check_options(*, out, method: str, n_steps) -> Path:
 
 def _check_embedding(adata, use_rep: str) -> None:
     """``use_rep`` is a 2-D, numeric, finite embedding in ``adata.obsm`` of at least two cells."""
-    from featurelens._utils import get_rep
+    from featurelens._core import embedding
 
     if use_rep not in adata.obsm:
         raise UsageError(
@@ -234,7 +234,7 @@ def _check_embedding(adata, use_rep: str) -> None:
     if adata.n_obs < 2:
         raise UsageError(f"the input has {adata.n_obs} cell(s); learning a dictionary needs at least 2.")
     try:
-        get_rep(adata, use_rep)
+        embedding(adata, use_rep)
     except ValueError as err:
         raise UsageError(f"--use-rep {use_rep!r}: {_one_line(err)}") from err
 
@@ -267,8 +267,8 @@ def validate_inputs(
         ``adata.obs`` / ``adata.var``, a missing layer, unreadable gene sets or gene sets that share too few
         genes with the data, a non-positive ``n_steps`` or an output folder that cannot be written.
     """
+    from featurelens._core import group_codes
     from featurelens.tl._enrich import _universe, gene_set_membership
-    from featurelens.tl._features import group_codes
 
     _check_options(out=out, method=method, n_steps=n_steps)
     _check_embedding(adata, use_rep)

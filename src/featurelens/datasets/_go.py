@@ -2,30 +2,14 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
-from importlib import resources
 from numbers import Integral
 
 import pandas as pd
 
-from ..io._gmt import read_gmt
+from ..io._bundled import ONTOLOGIES, bundled_go_dag
+from ..io._gmt import bundled_go
 
 __all__ = ["go_dag", "go_gene_sets"]
-
-GO_RELEASE = "2022-07-01"
-ONTOLOGIES = ("BP", "MF", "CC")
-
-
-def _go_file(ontology: str) -> str:
-    return f"human_GO_{ontology}_propagated_all_{GO_RELEASE}.gmt.gz"
-
-
-@lru_cache(maxsize=len(ONTOLOGIES))
-def _read_go(ontology: str) -> pd.DataFrame:
-    """The raw (unfiltered) gene sets of one ontology; cached, so callers must never modify the result."""
-    resource = resources.files(__package__).joinpath("data", _go_file(ontology))
-    with resources.as_file(resource) as path:
-        return read_gmt(path)
 
 
 def _check_size(value: int | None, what: str) -> int | None:
@@ -86,7 +70,7 @@ def go_gene_sets(ontology: str = "BP", *, min_size: int | None = None, max_size:
     max_size = _check_size(max_size, "max_size")
     if min_size is not None and max_size is not None and min_size > max_size:
         raise ValueError(f"min_size ({min_size}) must not exceed max_size ({max_size}).")
-    df = _read_go(key)
+    df = bundled_go(key)
     if min_size is not None or max_size is not None:
         sizes = df.groupby("term", sort=False)["term"].transform("size")
         keep = pd.Series(True, index=df.index)
@@ -98,7 +82,6 @@ def go_gene_sets(ontology: str = "BP", *, min_size: int | None = None, max_size:
     return df.copy(deep=True)
 
 
-@lru_cache(maxsize=1)
 def go_dag():
     """The Gene Ontology graph bundled with featurelens (release 2022-07-01).
 
@@ -119,13 +102,4 @@ def go_dag():
     >>> [dag.name(t) for t in dag.level1("GO:0051607")]
     ['biological process involved in interspecies interaction between organisms', 'response to stimulus']
     """
-    from ..io._go_dag import read_go_dag
-
-    root = resources.files(__package__).joinpath("data")
-    files = [f"go_terms_{GO_RELEASE}.tsv.gz", f"go_edges_{GO_RELEASE}.tsv.gz", "go2goslim_generic_2022DAG.tsv.gz"]
-    with (
-        resources.as_file(root.joinpath(files[0])) as t,
-        resources.as_file(root.joinpath(files[1])) as e,
-        resources.as_file(root.joinpath(files[2])) as s,
-    ):
-        return read_go_dag(t, e, s)
+    return bundled_go_dag()

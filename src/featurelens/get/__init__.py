@@ -1,14 +1,37 @@
-"""Accessors returning results stored in an AnnData (or MuData, with ``mod=``) as DataFrames."""
+"""Accessors returning results stored in an AnnData (or MuData, with ``mod=``) as DataFrames or arrays.
 
-from .._mudata import mudata_aware
-from . import _get
+Nothing here computes: every accessor reads what a tool of :mod:`featurelens.tl` stored and
+returns a copy, with a clear error naming the tool to run when the result is missing.
+"""
 
-concept_adata = mudata_aware(_get.concept_adata, writes=False)
-dge = mudata_aware(_get.dge, writes=False)
-dictionary = mudata_aware(_get.dictionary, writes=False)
-enrichment = mudata_aware(_get.enrichment, writes=False)
-features = mudata_aware(_get.features, writes=False)
-history = mudata_aware(_get.history, writes=False)
-steering = mudata_aware(_get.steering, writes=False)
+from ._get import (
+    concept_adata,
+    dge,
+    dictionary,
+    enrichment,
+    feature_types,
+    features,
+    history,
+    probe,
+    recovery,
+    selectivity,
+    significant_terms,
+    steering,
+    token_scores,
+)
 
-__all__ = ["concept_adata", "dge", "dictionary", "enrichment", "features", "history", "steering"]
+__all__ = [
+    "concept_adata",
+    "dge",
+    "dictionary",
+    "enrichment",
+    "feature_types",
+    "features",
+    "history",
+    "probe",
+    "recovery",
+    "selectivity",
+    "significant_terms",
+    "steering",
+    "token_scores",
+]

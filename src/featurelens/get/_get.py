@@ -1,4 +1,4 @@
-"""Read dictionary results out of ``adata.uns``."""
+"""Read the results stored by :mod:`featurelens.tl` out of an AnnData (copies; nothing is computed)."""
 
 from __future__ import annotations
 
@@ -7,18 +7,31 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from ..tl._dictionary import _get_entry
+from .._checks import check_choice, check_choices
+from .._core import (
+    TESTS,
+    by_grouping,
+    doc,
+    get_entry,
+    one_feature,
+    reader,
+    resolve_features,
+    steering_run,
+    stored,
+    token_info,
+)
+from .._core import significant_terms as _significant_terms
 
 
-def features(adata: AnnData, key: str = "sae") -> pd.DataFrame:
+@reader
+@doc
+def features(adata: AnnData, key: str) -> pd.DataFrame:
     """Per-feature table of a dictionary (a copy of ``adata.uns[key]["features"]``).
 
     Parameters
     ----------
-    adata
-        Annotated data matrix holding the dictionary.
-    key
-        Key of the dictionary.
+    {doc_adata}
+    {doc_key}
 
     Returns
     -------
@@ -26,20 +39,24 @@ def features(adata: AnnData, key: str = "sae") -> pd.DataFrame:
 
     Examples
     --------
-    >>> fl.get.features(adata, "sae").sort_values("train_fire_rate")
+    >>> import featurelens as fl
+    >>> adata = fl.datasets.kang2018(preprocess=True)
+    >>> fl.tl.sae(adata, "X_pca", n_features=64, n_steps=200, progress=False)
+    >>> fl.get.features(adata, "sae").columns.tolist()
+    ['train_fire_rate', 'dead_training']
     """
-    return _get_entry(adata, key)["features"].copy()
+    return get_entry(adata, key)["features"].copy()
 
 
-def history(adata: AnnData, key: str = "sae") -> pd.DataFrame:
+@reader
+@doc
+def history(adata: AnnData, key: str) -> pd.DataFrame:
     """Training history of a dictionary (one row per logged step).
 
     Parameters
     ----------
-    adata
-        Annotated data matrix holding the dictionary.
-    key
-        Key of the dictionary.
+    {doc_adata}
+    {doc_key}
 
     Returns
     -------
@@ -48,20 +65,24 @@ def history(adata: AnnData, key: str = "sae") -> pd.DataFrame:
 
     Examples
     --------
-    >>> fl.get.history(adata, "sae").plot(x="step", y="fvu")
+    >>> import featurelens as fl
+    >>> adata = fl.datasets.kang2018(preprocess=True)
+    >>> fl.tl.sae(adata, "X_pca", n_features=64, n_steps=200, progress=False)
+    >>> int(fl.get.history(adata, "sae")["step"].iloc[-1])
+    199
     """
-    return _get_entry(adata, key)["history"].copy()
+    return get_entry(adata, key)["history"].copy()
 
 
-def dictionary(adata: AnnData, key: str = "sae", *, names: list[str] | None = None) -> pd.DataFrame:
+@reader
+@doc
+def dictionary(adata: AnnData, key: str, *, names: list[str] | None = None) -> pd.DataFrame:
     """Decoder directions as a features x dimensions DataFrame.
 
     Parameters
     ----------
-    adata
-        Annotated data matrix holding the dictionary.
-    key
-        Key of the dictionary.
+    {doc_adata}
+    {doc_key}
     names
         Column names for the embedding dimensions (default ``dim0, dim1, ...``).
 
@@ -71,28 +92,27 @@ def dictionary(adata: AnnData, key: str = "sae", *, names: list[str] | None = No
 
     Examples
     --------
-    >>> fl.get.dictionary(adata, "icfl").loc["f3"]
+    >>> import featurelens as fl
+    >>> adata = fl.datasets.kang2018(preprocess=True)
+    >>> fl.tl.sae(adata, "X_pca", n_features=64, n_steps=200, progress=False)
+    >>> fl.get.dictionary(adata, "sae").shape
+    (64, 30)
     """
-    entry = _get_entry(adata, key)
+    entry = get_entry(adata, key)
     dec = np.asarray(entry["decoder"])
     cols = [f"dim{i}" for i in range(dec.shape[1])] if names is None else list(names)
+    if len(cols) != dec.shape[1]:
+        raise ValueError(f"`names` has {len(cols)} entries but the decoder has {dec.shape[1]} dimensions.")
     return pd.DataFrame(dec, index=entry["features"].index.astype(str), columns=cols)
 
 
 def _long_table(adata: AnnData, key: str, sub: str, feature, tool: str) -> pd.DataFrame:
-    entry = _get_entry(adata, key)
-    if sub not in entry:
-        raise ValueError(f"No {sub} results for {key!r}; run `fl.tl.{tool}(adata, {key!r})` first.")
-    res = entry[sub]["results"]
+    entry = get_entry(adata, key)
+    res = stored(entry, key, sub, tool, f"{sub} results")["results"]
     if feature is None:
         return res.copy()
     names = entry["features"].index.astype(str)
-    if isinstance(feature, int | np.integer) and not isinstance(feature, bool):
-        feature = names[int(feature)]
-    feats = [str(feature)] if isinstance(feature, str | np.str_) else [str(f) for f in feature]
-    unknown = [f for f in feats if f not in set(names)]
-    if unknown:
-        raise ValueError(f"Unknown feature(s) {unknown}; features are named {names[0]!r} ... {names[-1]!r}.")
+    feats = [str(names[i]) for i in resolve_features(entry, feature, what="feature")]
     out = res[res["feature"].astype(str).isin(feats)].copy()
     for c in out.columns:
         if isinstance(out[c].dtype, pd.CategoricalDtype):
@@ -100,15 +120,15 @@ def _long_table(adata: AnnData, key: str, sub: str, feature, tool: str) -> pd.Da
     return out.reset_index(drop=True)
 
 
-def dge(adata: AnnData, key: str = "sae", feature=None) -> pd.DataFrame:
+@reader
+@doc
+def dge(adata: AnnData, key: str, feature=None) -> pd.DataFrame:
     """High-vs-low differential expression results of :func:`featurelens.tl.high_vs_low`.
 
     Parameters
     ----------
-    adata
-        Annotated data matrix holding the results.
-    key
-        Key of the dictionary.
+    {doc_adata}
+    {doc_key}
     feature
         A feature name (``"f3"``), position or list of them; default: all features.
 
@@ -119,22 +139,30 @@ def dge(adata: AnnData, key: str = "sae", feature=None) -> pd.DataFrame:
 
     Examples
     --------
-    >>> fl.get.dge(adata, "sae", "f12").query("direction == 'up'").head(20)
+    >>> import featurelens as fl
+    >>> adata = fl.datasets.kang2018(preprocess=True)
+    >>> fl.tl.sae(adata, "X_pca", n_features=64, n_steps=200, progress=False)
+    >>> fl.tl.high_vs_low(adata, "sae", features=["f0"], progress=False)
+    >>> set(fl.get.dge(adata, "sae", "f0")["feature"]) <= {"f0"}
+    True
     """
     return _long_table(adata, key, "dge", feature, "high_vs_low")
 
 
-def enrichment(adata: AnnData, key: str = "sae", feature=None) -> pd.DataFrame:
+@reader
+@doc
+def enrichment(adata: AnnData, key: str, feature=None, *, test=None) -> pd.DataFrame:
     """Gene-set enrichment results of :func:`featurelens.tl.enrich` and :func:`featurelens.tl.gsea`.
 
     Parameters
     ----------
-    adata
-        Annotated data matrix holding the results.
-    key
-        Key of the dictionary.
+    {doc_adata}
+    {doc_key}
     feature
         A feature name, position or list of them; default: all features.
+    test
+        Only rows of this test (or these tests): ``"binomial"``, ``"binomial_up"``,
+        ``"binomial_down"``, ``"mwu"``, ``"gsea"``.
 
     Returns
     -------
@@ -142,12 +170,218 @@ def enrichment(adata: AnnData, key: str = "sae", feature=None) -> pd.DataFrame:
 
     Examples
     --------
-    >>> fl.get.enrichment(adata, "sae", "f12").query("test == 'binomial_up'").nsmallest(5, "padj")
+    >>> import featurelens as fl
+    >>> adata = fl.datasets.kang2018(preprocess=True)
+    >>> fl.tl.sae(adata, "X_pca", n_features=64, n_steps=200, progress=False)
+    >>> fl.tl.high_vs_low(adata, "sae", features=["f0", "f1"], progress=False)
+    >>> fl.tl.enrich(adata, "sae", "GO_BP", progress=False)
+    >>> set(fl.get.enrichment(adata, "sae", test="mwu")["test"]) <= {"mwu"}
+    True
     """
-    return _long_table(adata, key, "enrichment", feature, "enrich")
+    out = _long_table(adata, key, "enrichment", feature, "enrich")
+    if test is not None:
+        tests = check_choices(test, "test", TESTS)
+        out = out[out["test"].astype(str).isin(tests)].reset_index(drop=True)
+    return out
 
 
-def concept_adata(adata: AnnData, key: str = "sae") -> AnnData:
+@reader
+@doc
+def significant_terms(
+    adata: AnnData,
+    key: str,
+    *,
+    test="mwu",
+    pval_cutoff: float = 0.01,
+    adjusted: bool = False,
+    direction: str | None = None,
+) -> pd.DataFrame:
+    """The (feature, term) pairs of the enrichment table that pass a significance cut.
+
+    The same selection :func:`featurelens.tl.concept_space`, :func:`featurelens.tl.probe_concepts`,
+    :func:`featurelens.tl.match_features` and :func:`featurelens.pl.term_counts` use.
+
+    Parameters
+    ----------
+    {doc_adata}
+    {doc_key}
+    test
+        Test(s) whose rows count (union): ``"mwu"``, ``"binomial"``, ``"binomial_up"``,
+        ``"binomial_down"``, ``"gsea"``.
+    {doc_pval_cutoff}
+    {doc_adjusted}
+    direction
+        Only ``"up"`` or ``"down"`` rows (default: both).
+
+    Returns
+    -------
+    One row per unique (feature, term) pair: ``feature``, ``term``, ``name``.
+
+    Examples
+    --------
+    >>> import featurelens as fl
+    >>> adata = fl.datasets.kang2018(preprocess=True)
+    >>> fl.tl.sae(adata, "X_pca", n_features=64, n_steps=200, progress=False)
+    >>> fl.tl.high_vs_low(adata, "sae", features=["f0", "f1"], progress=False)
+    >>> fl.tl.enrich(adata, "sae", "GO_BP", progress=False)
+    >>> fl.get.significant_terms(adata, "sae", test="mwu").columns.tolist()
+    ['feature', 'term', 'name']
+    """
+    entry = get_entry(adata, key)
+    return _significant_terms(entry, key, test=test, pval_cutoff=pval_cutoff, adjusted=adjusted, direction=direction)
+
+
+@reader
+@doc
+def feature_types(adata: AnnData, key: str, groupby: str | None = None) -> pd.DataFrame:
+    """The local / global / dead types of :func:`featurelens.tl.feature_types` for one grouping.
+
+    Parameters
+    ----------
+    {doc_adata}
+    {doc_key}
+    groupby
+        The grouping (default: the latest one computed).
+
+    Returns
+    -------
+    One row per feature: ``type``, ``group``, ``n_groups_significant``, ``best_group``, ``best_alpha``.
+
+    Examples
+    --------
+    >>> import featurelens as fl
+    >>> adata = fl.datasets.kang2018(preprocess=True)
+    >>> fl.tl.sae(adata, "X_pca", n_features=64, n_steps=200, progress=False)
+    >>> fl.tl.feature_types(adata, "sae", "cell_type")
+    >>> fl.get.feature_types(adata, "sae", "cell_type").columns.tolist()[:2]
+    ['type', 'group']
+    """
+    _, res = by_grouping(get_entry(adata, key), key, "feature_types", groupby, "feature_types")
+    if "table" not in res:
+        raise ValueError(f"The feature types of {key!r} were stored by an older version; rerun `fl.tl.feature_types`.")
+    return res["table"].copy()
+
+
+@reader
+@doc
+def selectivity(adata: AnnData, key: str, groupby: str | None = None, *, kind: str = "average") -> pd.DataFrame:
+    """Selectivity of every feature for every label, from :func:`featurelens.tl.selectivity`.
+
+    Parameters
+    ----------
+    {doc_adata}
+    {doc_key}
+    groupby
+        The grouping (default: the latest one computed).
+    kind
+        ``"average"``, ``"max"``, ``"frac_active"`` (the fraction of active cells per label) or
+        ``"summary"`` (numbers of selective features per threshold).
+
+    Returns
+    -------
+    Features x labels (``"summary"``: thresholds x counts).
+
+    Examples
+    --------
+    >>> import featurelens as fl
+    >>> adata = fl.datasets.kang2018(preprocess=True)
+    >>> fl.tl.sae(adata, "X_pca", n_features=64, n_steps=200, progress=False)
+    >>> fl.tl.selectivity(adata, "sae", "condition")
+    >>> fl.get.selectivity(adata, "sae", "condition", kind="summary").columns.tolist()
+    ['n_average', 'n_max']
+    """
+    check_choice(kind, "kind", ("average", "max", "frac_active", "summary"))
+    _, res = by_grouping(get_entry(adata, key), key, "selectivity", groupby, "selectivity")
+    return res[kind].copy()
+
+
+@reader
+@doc
+def probe(adata: AnnData, groupby: str, *, key: str | None = None, summary: bool = False) -> pd.DataFrame:
+    """Balanced accuracies of :func:`featurelens.tl.linear_probe`.
+
+    Parameters
+    ----------
+    {doc_adata}
+    groupby
+        The labels that were predicted.
+    key
+        The dictionary passed to the probe (``None``: the probe of an embedding alone).
+    summary
+        Return the mean, sd, min and max per representation instead of one row per held-out part.
+
+    Returns
+    -------
+    One row per representation and held-out part: ``representation``, ``test``,
+    ``balanced_accuracy``, ``n_train``, ``n_test``.
+
+    Examples
+    --------
+    >>> import featurelens as fl
+    >>> adata = fl.datasets.kang2018(preprocess=True)
+    >>> fl.tl.linear_probe(adata, "cell_type", use_rep="X_pca", split_key="condition")
+    >>> fl.get.probe(adata, "cell_type")["test"].tolist()
+    ['CTRL', 'STIM']
+    """
+    store = get_entry(adata, key).get("probe", {}) if key is not None else adata.uns.get("linear_probe", {})
+    if groupby not in store:
+        where = f"dictionary {key!r}" if key is not None else "embeddings (no key)"
+        raise ValueError(
+            f"No linear probe of {groupby!r} for {where}; run `fl.tl.linear_probe(adata, {groupby!r}, ...)` first "
+            f"(probes stored: {sorted(store)})."
+        )
+    return store[groupby]["summary" if summary else "results"].copy()
+
+
+_RECOVERY = ("superposition", "variable_recovery", "structure_recovery")
+
+
+@reader
+@doc
+def recovery(adata: AnnData, kind: str, name: str, *, table: str = "summary", key_added: str | None = None):
+    """Results of :func:`featurelens.tl.superposition`, ``variable_recovery`` or ``structure_recovery``.
+
+    Parameters
+    ----------
+    {doc_adata}
+    kind
+        ``"superposition"``, ``"variable_recovery"`` or ``"structure_recovery"``.
+    name
+        What was evaluated: the representation (``use_rep``) or dictionary (``key``).
+    table
+        ``"summary"``, ``"per_dimension"`` or ``"features"`` (where the tool stores it).
+    key_added
+        The ``key_added`` the tool was called with (default: ``kind``).
+
+    Returns
+    -------
+    A copy of the stored table.
+
+    Examples
+    --------
+    >>> import featurelens as fl
+    >>> adata = fl.datasets.simulate("small", n_obs=300, random_state=0)
+    >>> fl.tl.superposition(adata, "X_programs", ["X_programs_active"], split_key=None)
+    >>> fl.get.recovery(adata, "superposition", "X_programs").columns.tolist()
+    ['mean_r2', 'median_r2', 'n_dims']
+    """
+    check_choice(kind, "kind", _RECOVERY)
+    store = adata.uns.get(key_added or kind)
+    if not isinstance(store, dict) or name not in store:
+        have = sorted(store) if isinstance(store, dict) else []
+        raise ValueError(
+            f"No {kind} results for {name!r} in adata.uns[{key_added or kind!r}] (stored: {have}); "
+            f"run `fl.tl.{kind}` first."
+        )
+    res = store[name]
+    if table not in res or table == "params":
+        raise ValueError(f"`table` must be one of {[t for t in res if t != 'params']}, got {table!r}.")
+    return res[table].copy()
+
+
+@reader
+@doc
+def concept_adata(adata: AnnData, key: str) -> AnnData:
     """The concept space of :func:`featurelens.tl.concept_space` as an AnnData of features.
 
     One row per annotated feature, the binary feature x term matrix as ``X`` (sparse), the UMAP
@@ -157,10 +391,8 @@ def concept_adata(adata: AnnData, key: str = "sae") -> AnnData:
 
     Parameters
     ----------
-    adata
-        Annotated data matrix holding the concept space.
-    key
-        Key of the dictionary.
+    {doc_adata}
+    {doc_key}
 
     Returns
     -------
@@ -169,13 +401,18 @@ def concept_adata(adata: AnnData, key: str = "sae") -> AnnData:
 
     Examples
     --------
+    >>> import featurelens as fl
+    >>> adata = fl.datasets.kang2018(preprocess=True)
+    >>> fl.tl.sae(adata, "X_pca", n_features=32, n_steps=200, progress=False)
+    >>> fl.tl.high_vs_low(adata, "sae", progress=False)
+    >>> fl.tl.enrich(adata, "sae", "GO_BP", methods="mwu", progress=False)
+    >>> fl.tl.concept_space(adata, "sae", progress=False)
     >>> fdata = fl.get.concept_adata(adata, "sae")
-    >>> sc.pl.umap(fdata, color=["category", "type"])
+    >>> fdata.n_vars == adata.uns["sae"]["concept_space"]["params"]["n_terms"]
+    True
     """
-    entry = _get_entry(adata, key)
-    if "concept_space" not in entry:
-        raise ValueError(f"No concept space for {key!r}; run `fl.tl.concept_space(adata, {key!r})` first.")
-    cs = entry["concept_space"]
+    entry = get_entry(adata, key)
+    cs = stored(entry, key, "concept_space", "concept_space", "concept space")
     obs = cs["obs"].copy()
     obs.index = obs.index.astype(str)
     feats = entry["features"]
@@ -194,15 +431,15 @@ def concept_adata(adata: AnnData, key: str = "sae") -> AnnData:
     return out
 
 
-def steering(adata: AnnData, key: str = "sae", name: str | None = None) -> pd.DataFrame:
+@reader
+@doc
+def steering(adata: AnnData, key: str, name: str | None = None) -> pd.DataFrame:
     """Paired differential expression of a steering run of :func:`featurelens.tl.steer`.
 
     Parameters
     ----------
-    adata
-        Annotated data matrix holding the results.
-    key
-        Key of the dictionary.
+    {doc_adata}
+    {doc_key}
     name
         Name of the steering run (the feature name unless ``key_added`` was given); may be omitted
         when there is only one.
@@ -213,9 +450,50 @@ def steering(adata: AnnData, key: str = "sae", name: str | None = None) -> pd.Da
 
     Examples
     --------
-    >>> fl.get.steering(adata, "sae", "f12").query("padj < 0.05 and direction == 'up'").head(20)
+    >>> import featurelens as fl
+    >>> adata = fl.datasets.kang2018(preprocess=True)
+    >>> fl.tl.sae(adata, "X_pca", n_features=64, n_steps=200, progress=False)
+    >>> fl.tl.steer(adata, "sae", "f0", groupby="cell_type", group="CD14 Mono", progress=False)
+    >>> len(fl.get.steering(adata, "sae", "f0")) == adata.n_vars
+    True
     """
-    from ..tl._steer import steering_run
-
-    _, run = steering_run(_get_entry(adata, key), key, name)
+    _, run = steering_run(get_entry(adata, key), key, name)
     return run["results"].copy()
+
+
+@reader
+@doc
+def token_scores(adata: AnnData, key: str, feature) -> np.ndarray:
+    """Token score maps of :func:`featurelens.tl.token_scores` as an ``(n_obs, h, w)`` array.
+
+    Parameters
+    ----------
+    {doc_adata}
+    {doc_key}
+    {doc_feature}
+
+    Returns
+    -------
+    :class:`numpy.ndarray` ``(n_obs, h, w)``, float32, values in ``[-1, 1]`` (a copy).
+
+    Examples
+    --------
+    >>> import numpy as np, featurelens as fl
+    >>> rng = np.random.default_rng(0)
+    >>> adata = fl.microscopy.from_embeddings(rng.normal(size=(40, 16, 8)).astype(np.float32), grid=(4, 4))
+    >>> fl.tl.icfl(adata, "X_emb", n_features=16, n_steps=100, progress=False)
+    >>> fl.tl.token_scores(adata, "icfl", 3)
+    >>> fl.get.token_scores(adata, "icfl", "f3").shape
+    (40, 4, 4)
+    """
+    entry = get_entry(adata, key)
+    _, fname = one_feature(entry, feature)
+    runs = entry.get("token_scores") or {}
+    run = runs.get(fname)
+    if run is None or not run.get("obsm_key") or run["obsm_key"] not in adata.obsm:
+        raise ValueError(
+            f"No token scores of {key!r}:{fname} in this AnnData; run `fl.tl.token_scores(adata, {key!r}, {fname!r})` "
+            "first (it needs token embeddings)."
+        )
+    _, (h, w), _ = token_info(adata)
+    return np.asarray(adata.obsm[run["obsm_key"]], dtype=np.float32).reshape(adata.n_obs, h, w).copy()

@@ -6,6 +6,7 @@ import gzip
 import io
 import os
 from collections.abc import Iterable, Mapping
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -279,9 +280,7 @@ def read_gene_sets(gene_sets: Any) -> pd.DataFrame:
     4964
     """
     if isinstance(gene_sets, str) and gene_sets.upper() in BUNDLED:
-        from ..datasets._go import go_gene_sets
-
-        df = go_gene_sets(BUNDLED[gene_sets.upper()])
+        df = bundled_go(BUNDLED[gene_sets.upper()]).copy(deep=True)
         source = f"bundled collection {gene_sets!r}"
     elif isinstance(gene_sets, str | os.PathLike):
         path = Path(gene_sets)
@@ -310,3 +309,12 @@ def read_gene_sets(gene_sets: Any) -> pd.DataFrame:
     if df.empty:
         raise ValueError(f"Gene sets: {source} holds no gene sets.")
     return df
+
+
+@lru_cache(maxsize=3)
+def bundled_go(ontology: str) -> pd.DataFrame:
+    """The raw (unfiltered) bundled gene sets of one ontology; cached, so callers must never modify it."""
+    from .._core import data_file
+
+    with data_file(f"human_GO_{ontology}_propagated_all_2022-07-01.gmt.gz") as path:
+        return read_gmt(path)

@@ -4,20 +4,26 @@ Nothing in this subpackage knows about AnnData: :mod:`featurelens.tl` translates
 AnnData objects and these modules.
 """
 
-from .icfl import ICFL, pursuit
+from .config import ICFLConfig, SAEConfig, TrainConfig
+from .icfl import BIAS_MODES, ICFL, SELECTIONS, pursuit
 from .preprocess import NORMALIZE_OPTIONS, Normalizer, Preprocess, Whitening, fit_whitening
 from .sae import ARCHITECTURES, SparseAutoencoder, geometric_median
 from .train import DEAD_RATE, DeadTracker, TrainingDivergedError, TrainOutput, fit
 
 __all__ = [
     "ARCHITECTURES",
+    "BIAS_MODES",
     "DEAD_RATE",
     "ICFL",
     "NORMALIZE_OPTIONS",
+    "SELECTIONS",
     "DeadTracker",
+    "ICFLConfig",
     "Normalizer",
     "Preprocess",
+    "SAEConfig",
     "SparseAutoencoder",
+    "TrainConfig",
     "TrainOutput",
     "TrainingDivergedError",
     "Whitening",

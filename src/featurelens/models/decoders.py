@@ -1,11 +1,39 @@
-"""Maps from an embedding to expression used to read out steered embeddings (no AnnData here)."""
+"""Maps from an embedding to expression used to read out steered embeddings (no AnnData here).
+
+Every decoder follows one protocol, :class:`ExpressionDecoder`: ``predict(X)`` maps embedding rows
+to expression of the genes ``genes`` (positions), with the decoder's R² per gene in ``r2`` and a
+``quality`` summary; steering uses whichever decoder the user chose through it.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import scipy.sparse as sp
+
+
+class ExpressionDecoder(Protocol):
+    """What steering needs of a decoder."""
+
+    name: str
+
+    @property
+    def genes(self) -> np.ndarray:
+        """Positions of the genes the decoder predicts."""
+
+    @property
+    def r2(self) -> np.ndarray:
+        """R² of every predicted gene (NaN where unknown)."""
+
+    @property
+    def quality(self) -> dict:
+        """Scalars describing the fit (recorded with the steering run)."""
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Expression (rows x ``len(genes)``) of embedding rows ``X``."""
 
 
 @dataclass
@@ -22,6 +50,17 @@ class RidgeDecoder:
     alpha: float
     r2: np.ndarray
     r2_total: float
+    name: str = "linear"
+
+    @property
+    def genes(self) -> np.ndarray:
+        """Every gene is predicted."""
+        return np.arange(self.coef.shape[1])
+
+    @property
+    def quality(self) -> dict:
+        """Overall R² and the ridge penalty."""
+        return {"r2": self.r2_total, "ridge_alpha": self.alpha}
 
     @classmethod
     def fit(cls, X: np.ndarray, Y, alpha: float = 1.0) -> RidgeDecoder:
@@ -81,3 +120,81 @@ def r2_per_gene(predict, X: np.ndarray, Y, *, chunk_size: int = 4096) -> tuple[n
         r2 = np.where(ss_tot > 1e-12 * max(1.0, float(ss_tot.max(initial=0.0))), 1 - ss_res / ss_tot, np.nan)
     total = float(1 - ss_res.sum() / ss_tot.sum()) if ss_tot.sum() > 0 else float("nan")
     return r2, total
+
+
+@dataclass
+class LinearMapDecoder:
+    """``expression = X @ loadings + mean`` for the genes with a non-zero loading (e.g. scanpy's PCA).
+
+    :meth:`from_pca` builds it from ``adata.varm["PCs"]`` (genes x components) and the expression,
+    whose gene means are added back; ``r2`` is computed on the data it was built from.
+    """
+
+    loadings: np.ndarray  # (d, len(genes))
+    mean: np.ndarray
+    gene_idx: np.ndarray
+    r2: np.ndarray
+    r2_total: float
+    name: str = "pca"
+
+    @property
+    def genes(self) -> np.ndarray:
+        """Positions of the genes with a loading."""
+        return self.gene_idx
+
+    @property
+    def quality(self) -> dict:
+        """Overall R²."""
+        return {"r2": self.r2_total}
+
+    @classmethod
+    def from_pca(cls, X: np.ndarray, E, PCs: np.ndarray) -> LinearMapDecoder:
+        """From the PCA loadings ``PCs`` (genes x d), the embedding ``X`` and the expression ``E``."""
+        PCs = np.asarray(PCs, dtype=np.float64)
+        genes = np.flatnonzero(np.abs(PCs).sum(1) > 0)
+        Eg = E[:, genes]
+        mean = np.asarray(Eg.mean(0)).ravel()
+        load = PCs[genes].T
+        r2, total = r2_per_gene(lambda Z: np.asarray(Z, dtype=np.float64) @ load + mean, X, Eg)
+        return cls(loadings=load, mean=mean, gene_idx=genes, r2=r2, r2_total=total)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Predicted expression of rows of ``X``."""
+        return np.asarray(X, dtype=np.float64) @ self.loadings + self.mean
+
+
+@dataclass
+class CallableDecoder:
+    """A user's function from embedding rows to expression of all ``n_genes`` genes (R² unknown)."""
+
+    fn: Callable[[np.ndarray], np.ndarray]
+    n_genes: int
+    name: str = field(default="")
+
+    def __post_init__(self):
+        self.name = self.name or getattr(self.fn, "__name__", type(self.fn).__name__)
+
+    @property
+    def genes(self) -> np.ndarray:
+        """Every gene is predicted."""
+        return np.arange(self.n_genes)
+
+    @property
+    def r2(self) -> np.ndarray:
+        """Unknown for a user's decoder."""
+        return np.full(self.n_genes, np.nan)
+
+    @property
+    def quality(self) -> dict:
+        """Nothing is known about the fit."""
+        return {}
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """The function's output, checked to be (rows x genes)."""
+        P = np.asarray(self.fn(np.asarray(X, dtype=np.float32)), dtype=np.float64)
+        if P.shape != (X.shape[0], self.n_genes):
+            raise ValueError(
+                f"The decoder returned shape {P.shape}; expected (cells, genes) = ({X.shape[0]}, {self.n_genes}) "
+                "matching adata.var_names."
+            )
+        return P

@@ -152,6 +152,13 @@ def fit_whitening(
     evals, evecs = np.linalg.eigh(cov)
     order = np.argsort(evals)[::-1][:n_comps]
     evals = np.clip(evals[order], 0.0, None)
+    flat = evals <= 1e-12 * max(float(evals.max(initial=0.0)), 1e-300)
+    if eps <= 0 and flat.any():
+        raise ValueError(
+            f"The controls have no variance along {int(flat.sum())} of the {n_comps} kept directions (e.g. a "
+            "dimension that is constant in every control), so whitening with eps=0 divides by zero. Pass eps > 0 "
+            f"or keep fewer components (n_comps <= {int((~flat).sum())})."
+        )
     comps = evecs[:, order].T
     flip = np.sign(comps[np.arange(n_comps), np.abs(comps).argmax(axis=1)])
     comps *= np.where(flip == 0, 1.0, flip)[:, None]

@@ -120,7 +120,7 @@ class SparseAutoencoder(nn.Module):
         *,
         architecture: str = "topk",
         k: int = 32,
-        l1_coef: float = 1e-3,
+        l1_coef: float = 1e-2,
         auxk: bool = True,
         k_aux: int | None = None,
         auxk_coef: float = 1.0 / 32.0,

@@ -10,32 +10,20 @@ import pandas as pd
 from anndata import AnnData
 from matplotlib import colors as mcolors
 from matplotlib import patheffects
+from matplotlib.axes import Axes
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.text import Text
 
-from ..tl._concepts import significant_terms
-from ..tl._dictionary import _get_entry
+from .._checks import check_choice, check_choices
+from .._core import TESTS, doc, get_entry, one_feature, renamed, significant_terms, stored
 from ._features import _feature_index
-from ._training import _finish
+from ._training import PlotResult, _finish
 
 UP_COLOR = "#d6604d"
 DOWN_COLOR = "#4393c3"
-ENRICH_TESTS = ("mwu", "binomial", "binomial_up", "binomial_down", "gsea")
+ENRICH_TESTS = ("mwu", "binomial", "binomial_up", "binomial_down", "gsea")  # the order of the choices
 _TINY = np.finfo(np.float64).tiny
-
-
-def _stored(entry: dict, key: str, sub: str, tool: str, what: str) -> dict:
-    """``entry[sub]`` or a ValueError naming the tool to run first."""
-    if sub not in entry or "results" not in entry[sub]:
-        raise ValueError(f"No {what} for {key!r}; run `fl.tl.{tool}(adata, {key!r})` first.")
-    return entry[sub]
-
-
-def _one_feature(entry: dict, feature) -> str:
-    if not isinstance(feature, str | int | np.integer) or isinstance(feature, bool):
-        raise ValueError(f"Give a single feature (a name like 'f3' or a position like 3), got {feature!r}.")
-    return _feature_index(entry, feature)[1][0]
 
 
 def _truncate(name: str, max_len: int | None) -> str:
@@ -125,6 +113,8 @@ def _test_rows(res: pd.DataFrame, feature: str, test: str, direction: str) -> di
     return {d: b for d, b in blocks.items() if direction in ("both", d)}
 
 
+@renamed(padj_threshold="pval_cutoff")
+@doc
 def enrichment(
     adata: AnnData,
     key: str,
@@ -134,13 +124,14 @@ def enrichment(
     test: str | None = None,
     kind: str = "dot",
     direction: str = "both",
-    padj_threshold: float | None = 0.05,
+    pval_cutoff: float | None = 0.05,
+    adjusted: bool = True,
     max_label: int | None = 50,
     cmap: str | None = None,
-    ax=None,
+    ax: Axes | None = None,
     show: bool | None = None,
     return_fig: bool = False,
-):
+) -> PlotResult:
     """The best enriched terms of one feature, up- and down-regulated terms in separate blocks.
 
     Reads the table written by :func:`featurelens.tl.enrich` (or :func:`featurelens.tl.gsea`); the
@@ -155,10 +146,8 @@ def enrichment(
     ----------
     adata
         Annotated data matrix after :func:`featurelens.tl.enrich`.
-    key
-        Key of the dictionary.
-    feature
-        One feature, by name (``"f3"``) or position (``3``).
+    {doc_key}
+    {doc_feature}
     n_terms
         Terms per block (direction).
     test
@@ -167,23 +156,24 @@ def enrichment(
     kind
         ``"dot"``: x = -log10(adjusted p), dot area = term size (``n_term``; for the binomial tests
         the number of DEGs in the term, ``hits``), colour = AUC (MWU), fold enrichment (binomial)
-        or NES (GSEA). ``"bar"``: bars of -log10(adjusted p) coloured by direction.
+        or NES (GSEA). ``"bar"``: bars of -log10(adjusted p) coloured by direction. With
+        ``adjusted=False`` the raw p is drawn instead.
     direction
         ``"both"``, ``"up"`` or ``"down"``: which blocks to draw.
-    padj_threshold
-        Draw a dashed line at this adjusted p (``None``: no line). Terms are not filtered; the
+    pval_cutoff
+        Draw a dashed line at this (adjusted) p (``None``: no line). Terms are not filtered; the
         table holds terms with p below the ``store_pval`` of :func:`~featurelens.tl.enrich`.
+        ``padj_threshold`` is its old name.
+    adjusted
+        Draw (and cut) the adjusted p (default) or the raw p.
     max_label
         Term names longer than this are shortened (``None``: full names).
     cmap
         Colour map of the dots (default: ``"RdBu_r"`` centred on AUC 0.5 / NES 0, ``"YlOrRd"`` for
         fold enrichment).
-    ax
-        Axes to draw into.
-    show
-        Show the figure (default: when matplotlib is interactive).
-    return_fig
-        Return the figure.
+    {doc_ax}
+    {doc_show}
+    {doc_return_fig}
 
     Returns
     -------
@@ -191,14 +181,19 @@ def enrichment(
 
     Examples
     --------
-    >>> fl.tl.high_vs_low(adata, "sae", groupby="cell_type")
-    >>> fl.tl.enrich(adata, "sae", "GO_BP")
-    >>> fl.pl.enrichment(adata, "sae", "f12", n_terms=8)
-    >>> fl.pl.enrichment(adata, "sae", 12, test="binomial", kind="bar")
+    >>> import featurelens as fl
+    >>> adata = fl.datasets.kang2018(preprocess=True)
+    >>> fl.tl.sae(adata, "X_pca", n_features=64, n_steps=200, progress=False)
+    >>> fl.tl.high_vs_low(adata, "sae", features=["f0"], progress=False)
+    >>> fl.tl.enrich(adata, "sae", "GO_BP", progress=False)
+    >>> ax = fl.pl.enrichment(adata, "sae", "f0", n_terms=8, show=False)
+    >>> ax = fl.pl.enrichment(adata, "sae", 0, test="binomial", kind="bar", show=False)
     """
-    entry = _get_entry(adata, key)
-    store = _stored(entry, key, "enrichment", "enrich", "enrichment results")
-    name = _one_feature(entry, feature)
+    check_choice(kind, "kind", ("dot", "bar"))
+    check_choice(direction, "direction", ("both", "up", "down"))
+    entry = get_entry(adata, key)
+    store = stored(entry, key, "enrichment", "enrich", "enrichment results")
+    _, name = one_feature(entry, feature)
     res = store["results"]
     summary = store.get("summary")
     if summary is not None and name not in set(summary.index.astype(str)):
@@ -206,127 +201,148 @@ def enrichment(
             f"Feature {name!r} has no enrichment results (it was not tested; features without high-vs-low "
             f"results are skipped); run `fl.tl.enrich(adata, {key!r}, features=[{name!r}])` after high_vs_low."
         )
-    have = set(res["test"].astype(str).unique())
-    have_simple = have | ({"binomial"} if {"binomial_up", "binomial_down"} <= have else set())
-    if test is None:
-        test = "mwu" if "mwu" in have else "binomial" if "binomial" in have_simple else "gsea"
-    if test not in ENRICH_TESTS:
-        raise ValueError(f"Unknown test {test!r}; choose from {list(ENRICH_TESTS)}.")
-    if test not in have_simple:
-        raise ValueError(
-            f"No {test!r} results for {key!r} (the table has {sorted(have) or 'no rows'}); "
-            f"run `fl.tl.enrich(adata, {key!r}, methods=...)` with that test."
-        )
-    if kind not in ("dot", "bar"):
-        raise ValueError(f"`kind` must be 'dot' or 'bar', got {kind!r}.")
+    test = _enrichment_test(res, key, test)
+    pcol = "padj" if adjusted else "pval"
     blocks = {d: _best(b, n_terms) for d, b in _test_rows(res, name, test, direction).items()}
-
-    # y positions: blocks stacked top to bottom with one empty row between them
-    ys, labels, label_colors, rows_all, y0 = [], [], [], [], 0
-    spans = {}
-    for d in ("up", "down"):
-        if d not in blocks or len(blocks[d]) == 0:
-            continue
-        if rows_all:
-            y0 += 1
-        b = blocks[d]
-        y = y0 + np.arange(len(b))
-        spans[d] = (y[0] - 0.5, y[-1] + 0.5)
-        ys.append(y)
-        labels += [_truncate(t, max_label) for t in b["name"].astype(str)]
-        label_colors += [UP_COLOR if d == "up" else DOWN_COLOR] * len(b)
-        rows_all.append(b)
-        y0 = y[-1] + 1
-    n_rows = max(y0, 1)
-    fig, ax = _axes(ax, (6.5, 0.26 * n_rows + 1.4))
+    layout = _stack_blocks(blocks, max_label)
+    fig, ax = _axes(ax, (6.5, 0.26 * layout["n_rows"] + 1.4))
     empty = [d for d, b in blocks.items() if len(b) == 0]
     note = f" (no {' or '.join(empty)} terms stored)" if empty and len(empty) < len(blocks) else ""
     ax.set_title(f"{name}: {test}{note}", fontsize="medium")
-    ax.set_xlabel("-log10(adjusted p)")
-    if not rows_all:
+    ax.set_xlabel(f"-log10({'adjusted p' if adjusted else 'p'})")
+    if not layout["rows"]:
         ax.text(0.5, 0.5, f"no {test} terms stored for {name}", ha="center", va="center", transform=ax.transAxes)
         ax.set_yticks([])
         return _finish(fig, show, return_fig, ax)
-    y = np.concatenate(ys)
-    table = pd.concat(rows_all)
-    x = _neglog10(table["padj"])
-    for d, (lo, hi) in spans.items():
+    y, table = layout["y"], layout["table"]
+    x = _neglog10(table[pcol])
+    for d, (lo, hi) in layout["spans"].items():
         ax.axhspan(lo, hi, color=UP_COLOR if d == "up" else DOWN_COLOR, alpha=0.07, lw=0)
         ax.text(
             0.995, (lo + hi) / 2, d, transform=ax.get_yaxis_transform(), ha="right", va="center", fontsize="small",
             color=UP_COLOR if d == "up" else DOWN_COLOR,
         )  # fmt: skip
     if kind == "bar":
-        ax.barh(y, x, color=label_colors, height=0.7)
+        ax.barh(y, x, color=layout["colors"], height=0.7)
         ax.legend(
             handles=[Patch(color=UP_COLOR, label="up"), Patch(color=DOWN_COLOR, label="down")],
             loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize="small",
         )  # fmt: skip
     else:
-        binom = test.startswith("binomial")
-        size_col = "hits" if binom else "n_term"
-        sizes = table[size_col].to_numpy(dtype=float)
-        smax = np.nanmax(sizes) if np.isfinite(sizes).any() and np.nanmax(sizes) > 0 else 1.0
-
-        def area(v):
-            return 15 + 185 * np.asarray(v, dtype=float) / smax
-
-        if binom:
-            cval, clabel = table["fold_enrichment"].to_numpy(dtype=float), "fold enrichment"
-            norm = mcolors.Normalize(vmin=np.nanmin(cval), vmax=max(np.nanmax(cval), np.nanmin(cval) + 1e-9))
-            cmap = cmap or "YlOrRd"
-        else:
-            col, centre, clabel = ("auc", 0.5, "AUC") if test == "mwu" else ("statistic", 0.0, "NES")
-            cval = table[col].to_numpy(dtype=float)
-            half = max(np.nanmax(np.abs(cval - centre)) if np.isfinite(cval).any() else 0.0, 1e-6)
-            norm = mcolors.Normalize(vmin=centre - half, vmax=centre + half)
-            cmap = cmap or "RdBu_r"
-        sc = ax.scatter(x, y, s=area(sizes), c=cval, cmap=cmap, norm=norm, edgecolors="0.3", linewidths=0.4, zorder=3)
-        cb = fig.colorbar(sc, ax=ax, shrink=0.45, anchor=(0.0, 0.0), pad=0.02, aspect=12)
-        cb.set_label(clabel, fontsize="small")
-        cb.ax.tick_params(labelsize="small")
-        finite = sizes[np.isfinite(sizes)]
-        ref = np.unique(np.round(np.quantile(finite, [0.0, 0.5, 1.0]))) if finite.size else []
-        handles = [
-            Line2D([], [], ls="", marker="o", markersize=np.sqrt(area(v)), mfc="0.6", mec="0.3", label=f"{v:g}")
-            for v in ref
-        ]
-        cb.ax.legend(
-            handles=handles, title="DEGs in term" if binom else "term size", loc="lower left",
-            bbox_to_anchor=(-0.5, 1.08), frameon=False, fontsize="small", title_fontsize="small", labelspacing=0.8,
-            borderaxespad=0,
-        )  # fmt: skip
-    if padj_threshold is not None:
-        ax.axvline(_neglog10(padj_threshold), color="0.5", lw=0.8, ls="--", zorder=1)
-    ax.set_yticks(y, labels)
-    for t, c in zip(ax.get_yticklabels(), label_colors, strict=True):
+        _enrichment_dots(fig, ax, table, x, y, test, cmap)
+    if pval_cutoff is not None:
+        ax.axvline(_neglog10(pval_cutoff), color="0.5", lw=0.8, ls="--", zorder=1)
+    ax.set_yticks(y, layout["labels"])
+    for t, c in zip(ax.get_yticklabels(), layout["colors"], strict=True):
         t.set_color(c)
-    ax.set_ylim(n_rows - 0.5, -0.5)
-    ax.set_xlim(0, max(float(np.nanmax(x)) * 1.15, _neglog10(padj_threshold or 1.0) * 1.1, 1.0))
+    ax.set_ylim(layout["n_rows"] - 0.5, -0.5)
+    ax.set_xlim(0, max(float(np.nanmax(x)) * 1.15, _neglog10(pval_cutoff or 1.0) * 1.1, 1.0))
     return _finish(fig, show, return_fig, ax)
 
 
+def _enrichment_test(res: pd.DataFrame, key: str, test: str | None) -> str:
+    """The test to draw (default: MWU, else the binomial tests, else GSEA), checked against the table."""
+    have = set(res["test"].astype(str).unique())
+    have_simple = have | ({"binomial"} if {"binomial_up", "binomial_down"} <= have else set())
+    if test is None:
+        test = "mwu" if "mwu" in have else "binomial" if "binomial" in have_simple else "gsea"
+    check_choice(test, "test", ENRICH_TESTS)
+    if test not in have_simple:
+        raise ValueError(
+            f"No {test!r} results for {key!r} (the table has {sorted(have) or 'no rows'}); "
+            f"run `fl.tl.enrich(adata, {key!r}, methods=...)` with that test."
+        )
+    return test
+
+
+def _stack_blocks(blocks: dict[str, pd.DataFrame], max_label) -> dict:
+    """The y positions of the up and down blocks, stacked top to bottom with one empty row between them."""
+    ys, labels, colors, rows, spans, y0 = [], [], [], [], {}, 0
+    for d in ("up", "down"):
+        if d not in blocks or len(blocks[d]) == 0:
+            continue
+        if rows:
+            y0 += 1
+        b = blocks[d]
+        y = y0 + np.arange(len(b))
+        spans[d] = (y[0] - 0.5, y[-1] + 0.5)
+        ys.append(y)
+        labels += [_truncate(t, max_label) for t in b["name"].astype(str)]
+        colors += [UP_COLOR if d == "up" else DOWN_COLOR] * len(b)
+        rows.append(b)
+        y0 = y[-1] + 1
+    return {
+        "n_rows": max(y0, 1),
+        "rows": rows,
+        "y": np.concatenate(ys) if ys else np.zeros(0),
+        "table": pd.concat(rows) if rows else None,
+        "labels": labels,
+        "colors": colors,
+        "spans": spans,
+    }
+
+
+def _enrichment_dots(fig, ax, table: pd.DataFrame, x, y, test: str, cmap) -> None:
+    """Dots sized by term size (or DEGs in the term) and coloured by AUC / fold enrichment / NES."""
+    binom = test.startswith("binomial")
+    sizes = table["hits" if binom else "n_term"].to_numpy(dtype=float)
+    smax = np.nanmax(sizes) if np.isfinite(sizes).any() and np.nanmax(sizes) > 0 else 1.0
+
+    def area(v):
+        return 15 + 185 * np.asarray(v, dtype=float) / smax
+
+    if binom:
+        cval, clabel = table["fold_enrichment"].to_numpy(dtype=float), "fold enrichment"
+        norm = mcolors.Normalize(vmin=np.nanmin(cval), vmax=max(np.nanmax(cval), np.nanmin(cval) + 1e-9))
+        cmap = cmap or "YlOrRd"
+    else:
+        col, centre, clabel = ("auc", 0.5, "AUC") if test == "mwu" else ("statistic", 0.0, "NES")
+        cval = table[col].to_numpy(dtype=float)
+        half = max(np.nanmax(np.abs(cval - centre)) if np.isfinite(cval).any() else 0.0, 1e-6)
+        norm = mcolors.Normalize(vmin=centre - half, vmax=centre + half)
+        cmap = cmap or "RdBu_r"
+    sc = ax.scatter(x, y, s=area(sizes), c=cval, cmap=cmap, norm=norm, edgecolors="0.3", linewidths=0.4, zorder=3)
+    cb = fig.colorbar(sc, ax=ax, shrink=0.45, anchor=(0.0, 0.0), pad=0.02, aspect=12)
+    cb.set_label(clabel, fontsize="small")
+    cb.ax.tick_params(labelsize="small")
+    finite = sizes[np.isfinite(sizes)]
+    ref = np.unique(np.round(np.quantile(finite, [0.0, 0.5, 1.0]))) if finite.size else []
+    handles = [
+        Line2D([], [], ls="", marker="o", markersize=np.sqrt(area(v)), mfc="0.6", mec="0.3", label=f"{v:g}")
+        for v in ref
+    ]
+    cb.ax.legend(
+        handles=handles, title="DEGs in term" if binom else "term size", loc="lower left",
+        bbox_to_anchor=(-0.5, 1.08), frameon=False, fontsize="small", title_fontsize="small", labelspacing=0.8,
+        borderaxespad=0,
+    )  # fmt: skip
+
+
+@renamed(padj_threshold="pval_cutoff")
+@doc
 def dge(
     adata: AnnData,
     key: str,
     feature,
     *,
     n_labels: int = 10,
-    padj_threshold: float = 0.05,
+    pval_cutoff: float = 0.05,
+    adjusted: bool = True,
     size: float = 6.0,
     fontsize: float | str = "x-small",
-    ax=None,
+    ax: Axes | None = None,
     show: bool | None = None,
     return_fig: bool = False,
-):
+) -> PlotResult:
     """Volcano plot of one feature's high-vs-low differential expression.
 
     Reads what :func:`featurelens.tl.high_vs_low` stored; the AnnData is only read, never
     modified. Every gene is one point: x is its log2 fold change (high / low cells) from
-    ``adata.varm[f"{key}_log2fc"]``, y is -log10 of its adjusted p from the long result table.
+    ``adata.varm[f"{key}_log2fc"]``, y is -log10 of its adjusted p (``adjusted=False``: its p) from
+    the long result table.
     The table keeps only genes with adjusted p below the ``store_pval`` of
     :func:`~featurelens.tl.high_vs_low`; the other genes are drawn in light grey at y = 0, as the
-    legend says. Genes with adjusted p below ``padj_threshold`` are red (up) or blue (down), and
+    legend says. Genes with (adjusted) p below ``pval_cutoff`` are red (up) or blue (down), and
     the ``n_labels`` most significant of them are labelled with their names. Genes never seen in
     either group get a fold change of 0, genes seen in one group only get a very large one (set
     by the ``pseudocount``); limit the view with ``ax.set_xlim`` if needed.
@@ -335,24 +351,22 @@ def dge(
     ----------
     adata
         Annotated data matrix after :func:`featurelens.tl.high_vs_low`.
-    key
-        Key of the dictionary.
-    feature
-        One feature, by name (``"f3"``) or position (``3``).
+    {doc_key}
+    {doc_feature}
     n_labels
         Number of genes to label (the smallest adjusted p among the significant genes).
-    padj_threshold
-        Adjusted p below which genes count as significant (coloured, dashed line).
+    pval_cutoff
+        (Adjusted) p below which genes count as significant (coloured, dashed line);
+        ``padj_threshold`` is its old name.
+    adjusted
+        Draw and cut the adjusted p (default) or the raw p.
     size
         Point size.
     fontsize
         Size of the gene labels.
-    ax
-        Axes to draw into.
-    show
-        Show the figure (default: when matplotlib is interactive).
-    return_fig
-        Return the figure.
+    {doc_ax}
+    {doc_show}
+    {doc_return_fig}
 
     Returns
     -------
@@ -360,29 +374,20 @@ def dge(
 
     Examples
     --------
-    >>> fl.tl.high_vs_low(adata, "sae", groupby="cell_type")
-    >>> fl.pl.dge(adata, "sae", "f12", n_labels=15)
+    >>> import featurelens as fl
+    >>> adata = fl.datasets.kang2018(preprocess=True)
+    >>> fl.tl.sae(adata, "X_pca", n_features=64, n_steps=200, progress=False)
+    >>> fl.tl.high_vs_low(adata, "sae", features=["f0"], progress=False)
+    >>> ax = fl.pl.dge(adata, "sae", "f0", n_labels=15, show=False)
     """
-    entry = _get_entry(adata, key)
-    store = _stored(entry, key, "dge", "high_vs_low", "differential expression")
-    name = _one_feature(entry, feature)
+    entry = get_entry(adata, key)
+    store = stored(entry, key, "dge", "high_vs_low", "differential expression")
+    pos, name = one_feature(entry, feature)
+    pcol, plabel = ("padj", "adjusted p") if adjusted else ("pval", "p")
     lfc_key = f"{key}_log2fc"
     if lfc_key not in adata.varm:
         raise ValueError(f"adata.varm[{lfc_key!r}] is missing; rerun `fl.tl.high_vs_low(adata, {key!r})`.")
-    summary = store.get("summary")
-    group = None
-    if summary is not None:
-        if name not in set(summary.index.astype(str)):
-            raise ValueError(
-                f"Feature {name!r} has no high-vs-low results; run "
-                f"`fl.tl.high_vs_low(adata, {key!r}, features=[{name!r}])`."
-            )
-        row = summary.loc[name]
-        skipped = str(row.get("skipped", ""))
-        if skipped and skipped != "nan":
-            raise ValueError(f"Feature {name!r} was skipped by high_vs_low ({skipped}); choose a tested feature.")
-        group = row.get("group")
-    pos = _feature_index(entry, name)[0][0]
+    group = _dge_group(store, key, name)
     lfc = np.asarray(adata.varm[lfc_key][:, pos], dtype=np.float64)
     res = store["results"]
     rows = res.loc[res["feature"].astype(str).to_numpy() == name]
@@ -390,18 +395,18 @@ def dge(
     ok = g_idx >= 0
     rows, g_idx = rows.loc[ok], g_idx[ok]
     padj = np.full(adata.n_vars, np.nan)
-    padj[g_idx] = rows["padj"].to_numpy(dtype=np.float64)
-    stored = ~np.isnan(padj)
-    y = np.where(stored, _neglog10(np.where(stored, padj, 1.0)), 0.0)
+    padj[g_idx] = rows[pcol].to_numpy(dtype=np.float64)
+    kept = ~np.isnan(padj)
+    y = np.where(kept, _neglog10(np.where(kept, padj, 1.0)), 0.0)
     drawn = np.isfinite(lfc)
-    sig = stored & (np.nan_to_num(padj, nan=1.0) < padj_threshold)
+    sig = kept & (np.nan_to_num(padj, nan=1.0) < pval_cutoff)
     store_pval = store.get("params", {}).get("store_pval", np.nan)
     groups = [
-        (drawn & ~stored, "0.82", f"not stored (padj ≥ {store_pval:g}), drawn at 0"),
-        (drawn & stored & ~sig, "0.45", f"padj ≥ {padj_threshold:g}"),
+        (drawn & ~kept, "0.82", f"not stored (padj ≥ {store_pval:g}), drawn at 0"),
+        (drawn & kept & ~sig, "0.45", f"{pcol} ≥ {pval_cutoff:g}"),
         (drawn & sig & (lfc < 0), DOWN_COLOR, "down"),
         (drawn & sig & (lfc > 0), UP_COLOR, "up"),
-        (drawn & sig & (lfc == 0), "0.2", f"padj < {padj_threshold:g}, log2fc 0"),
+        (drawn & sig & (lfc == 0), "0.2", f"{pcol} < {pval_cutoff:g}, log2fc 0"),
     ]
     fig, ax = _axes(ax, (4.8, 4.8))
     for mask, color, label in groups:
@@ -410,27 +415,45 @@ def dge(
                 lfc[mask], y[mask], s=size, c=color, lw=0, rasterized=mask.sum() > 5000,
                 label=f"{label} ({int(mask.sum())})",
             )  # fmt: skip
-    ax.axhline(_neglog10(padj_threshold), color="0.5", lw=0.8, ls="--")
+    ax.axhline(_neglog10(pval_cutoff), color="0.5", lw=0.8, ls="--")
     ax.axvline(0, color="0.7", lw=0.6)
     span = np.nanmax(np.abs(lfc[drawn])) if drawn.any() else 1.0
-    ymax = max(float(y.max()) if y.size else 0.0, _neglog10(padj_threshold))
+    ymax = max(float(y.max()) if y.size else 0.0, _neglog10(pval_cutoff))
     ax.set_xlim(-1.08 * span - 0.5, 1.08 * span + 0.5)
     ax.set_ylim(-0.04 * ymax - 0.1, 1.06 * ymax + 0.1)
     ax.set_xlabel("log2 fold change (high / low)")
-    ax.set_ylabel("-log10(adjusted p)")
+    ax.set_ylabel(f"-log10({plabel})")
     title = f"{name}: high vs low" + (f" within {group}" if group is not None and str(group) != "nan" else "")
     ax.set_title(title, fontsize="medium")
     ax.legend(
         loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=2, frameon=False, fontsize="x-small", markerscale=2,
         handletextpad=0.2, columnspacing=1.0,
     )  # fmt: skip
-    best = _best(rows.loc[rows["padj"].to_numpy() < padj_threshold], n_labels) if n_labels > 0 else rows.iloc[:0]
+    best = _best(rows.loc[rows[pcol].to_numpy() < pval_cutoff], n_labels) if n_labels > 0 else rows.iloc[:0]
     if len(best):
         gi = adata.var_names.get_indexer(best["gene"].astype(str))
         _label_points(ax, lfc[gi], y[gi], list(best["gene"].astype(str)), fontsize)
     return _finish(fig, show, return_fig, ax)
 
 
+def _dge_group(store: dict, key: str, name: str):
+    """The group a feature's contrast was run in (None without ``groupby``); errors for untested features."""
+    summary = store.get("summary")
+    if summary is None:
+        return None
+    if name not in set(summary.index.astype(str)):
+        raise ValueError(
+            f"Feature {name!r} has no high-vs-low results; run "
+            f"`fl.tl.high_vs_low(adata, {key!r}, features=[{name!r}])`."
+        )
+    row = summary.loc[name]
+    skipped = str(row.get("skipped", ""))
+    if skipped and skipped != "nan":
+        raise ValueError(f"Feature {name!r} was skipped by high_vs_low ({skipped}); choose a tested feature.")
+    return row.get("group")
+
+
+@doc
 def term_counts(
     adata: AnnData,
     key: str,
@@ -442,10 +465,10 @@ def term_counts(
     kind: str = "both",
     bins: int | Sequence[float] = 30,
     max_label: int | None = 50,
-    ax=None,
+    ax: Axes | None = None,
     show: bool | None = None,
     return_fig: bool = False,
-):
+) -> PlotResult:
     """How many features each term is significant for, and how many terms each feature has.
 
     Counted from the table of :func:`featurelens.tl.enrich` (Schuster 2025, Fig. S23); the AnnData is
@@ -459,8 +482,7 @@ def term_counts(
     ----------
     adata
         Annotated data matrix after :func:`featurelens.tl.enrich`.
-    key
-        Key of the dictionary.
+    {doc_key}
     n_terms
         Terms in the bar chart.
     test
@@ -479,10 +501,8 @@ def term_counts(
         Term names longer than this are shortened (``None``: full names).
     ax
         Axes to draw into (only with ``kind="terms"`` or ``"features"``).
-    show
-        Show the figure (default: when matplotlib is interactive).
-    return_fig
-        Return the figure.
+    {doc_show}
+    {doc_return_fig}
 
     Returns
     -------
@@ -491,13 +511,18 @@ def term_counts(
 
     Examples
     --------
-    >>> fl.tl.enrich(adata, "sae", "GO_BP")
-    >>> fl.pl.term_counts(adata, "sae", 25, test=("binomial_up", "binomial_down"), adjusted=True)
+    >>> import featurelens as fl
+    >>> adata = fl.datasets.kang2018(preprocess=True)
+    >>> fl.tl.sae(adata, "X_pca", n_features=64, n_steps=200, progress=False)
+    >>> fl.tl.high_vs_low(adata, "sae", features=["f0", "f1"], progress=False)
+    >>> fl.tl.enrich(adata, "sae", "GO_BP", progress=False)
+    >>> axes = fl.pl.term_counts(adata, "sae", 25, test=("binomial_up", "binomial_down"), adjusted=True, show=False)
     """
-    entry = _get_entry(adata, key)
-    store = _stored(entry, key, "enrichment", "enrich", "enrichment results")
+    check_choice(kind, "kind", ("terms", "features", "both"))
+    entry = get_entry(adata, key)
+    store = stored(entry, key, "enrichment", "enrich", "enrichment results")
     res = store["results"]
-    tests = (test,) if isinstance(test, str) else tuple(test)
+    tests = check_choices(test, "test", TESTS)
     have = set(res["test"].astype(str).unique())
     missing = [t for t in tests if t not in have]
     if missing or not tests:
@@ -505,8 +530,6 @@ def term_counts(
             f"No {missing or 'test'} results for {key!r}; the table has {sorted(have) or 'no rows'}. "
             f"Run `fl.tl.enrich(adata, {key!r}, methods=...)` with that test, or choose one of those."
         )
-    if kind not in ("terms", "features", "both"):
-        raise ValueError(f"`kind` must be 'terms', 'features' or 'both', got {kind!r}.")
     sig = significant_terms(entry, key, test=tests, pval_cutoff=pval_cutoff, adjusted=adjusted)
     per_term = (
         sig.groupby("term", observed=True)
@@ -605,6 +628,71 @@ def _is_bool(values: pd.Series) -> bool:
     return False
 
 
+def _draw_points(fig, ax, xy, values, label, legend_loc, style) -> tuple[list, dict]:
+    """Scatter the features coloured by ``values`` (one colour, booleans, numbers or categories)."""
+    size, na_color = style["size"], style["na_color"]
+    handles: list = []
+    cats_pos: dict[str, np.ndarray] = {}
+    if values is None:
+        ax.scatter(xy[:, 0], xy[:, 1], s=size, c="C0", lw=0)
+    elif _is_bool(values):
+        on = values.fillna(False).astype(bool).to_numpy()
+        ax.scatter(xy[~on, 0], xy[~on, 1], s=size, c=na_color, lw=0)
+        ax.scatter(xy[on, 0], xy[on, 1], s=size, c=style["highlight_color"], lw=0, zorder=2)
+        handles = [
+            Line2D([], [], ls="", marker="o", color=style["highlight_color"], label=f"{label} ({int(on.sum())})"),
+            Line2D([], [], ls="", marker="o", color=na_color, label=f"other ({int((~on).sum())})"),
+        ]
+    elif pd.api.types.is_numeric_dtype(values.dtype) and not isinstance(values.dtype, pd.CategoricalDtype):
+        v = values.to_numpy(dtype=np.float64)
+        nan = np.isnan(v)
+        if nan.any():
+            ax.scatter(xy[nan, 0], xy[nan, 1], s=size, c=na_color, lw=0)
+        sc = ax.scatter(xy[~nan, 0], xy[~nan, 1], s=size, c=v[~nan], cmap=style["cmap"], lw=0)
+        if legend_loc is not None:
+            fig.colorbar(sc, ax=ax, shrink=0.7, pad=0.02, label=label)
+    else:
+        cats = (
+            [str(c) for c in values.cat.categories]
+            if isinstance(values.dtype, pd.CategoricalDtype)
+            else sorted(values.dropna().astype(str).unique())
+        )
+        strv = values.astype(object).where(values.notna(), None)
+        strv = np.array([None if s is None else str(s) for s in strv], dtype=object)
+        pal = _palette(cats, style["palette"])  # colours fixed by the full category list, as in scanpy
+        cats = [c for c in cats if (strv == c).any()]
+        missing = [c for c in cats if pal[c] is None]
+        if missing:
+            raise ValueError(f"`palette` has no colour for {missing[:5]}.")
+        point_colors = np.array([pal[s] if s is not None else na_color for s in strv], dtype=object)
+        ax.scatter(xy[:, 0], xy[:, 1], s=size, c=list(point_colors), lw=0)
+        for c in cats:
+            cats_pos[c] = np.median(xy[strv == c], axis=0)
+            handles.append(Line2D([], [], ls="", marker="o", color=pal[c], label=c))
+        if (strv == None).any():  # noqa: E711
+            handles.append(Line2D([], [], ls="", marker="o", color=na_color, label="NA"))
+    return handles, cats_pos
+
+
+def _legend(ax, handles, cats_pos, legend_loc, fontsize) -> None:
+    if legend_loc == "right margin":
+        ax.legend(
+            handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False,
+            fontsize=fontsize, ncols=1 if len(handles) <= 14 else 2 if len(handles) <= 30 else 3,
+        )  # fmt: skip
+    elif legend_loc == "on data" and cats_pos:
+        for c, (cx, cy) in cats_pos.items():
+            ax.text(
+                cx, cy, c, ha="center", va="center", fontsize=fontsize, weight="bold",
+                path_effects=[patheffects.withStroke(linewidth=2.5, foreground="white")],
+            )  # fmt: skip
+    elif legend_loc == "on data":
+        ax.legend(handles=handles, loc="best", frameon=False, fontsize=fontsize)
+    else:
+        ax.legend(handles=handles, loc=legend_loc, frameon=False, fontsize=fontsize)
+
+
+@doc
 def concept_space(
     adata: AnnData,
     key: str,
@@ -619,10 +707,10 @@ def concept_space(
     highlight_color: str = "#d62728",
     na_color: str = "lightgray",
     title: str | None = None,
-    ax=None,
+    ax: Axes | None = None,
     show: bool | None = None,
     return_fig: bool = False,
-):
+) -> PlotResult:
     """Features in the concept-space UMAP, coloured by a category, a feature column or a concept.
 
     Reads ``adata.uns[key]["concept_space"]`` written by :func:`featurelens.tl.concept_space`
@@ -632,8 +720,7 @@ def concept_space(
     ----------
     adata
         Annotated data matrix after :func:`featurelens.tl.concept_space`.
-    key
-        Key of the dictionary.
+    {doc_key}
     color
         What colours the points: a column of the concept-space table (``"category"``, the
         feature's most common level-1 GO ancestor, or ``"n_terms"``), a column of
@@ -661,12 +748,9 @@ def concept_space(
         Colour of missing values (and of ``False``).
     title
         Title (default: ``color``).
-    ax
-        Axes to draw into.
-    show
-        Show the figure (default: when matplotlib is interactive).
-    return_fig
-        Return the figure.
+    {doc_ax}
+    {doc_show}
+    {doc_return_fig}
 
     Returns
     -------
@@ -674,15 +758,18 @@ def concept_space(
 
     Examples
     --------
-    >>> fl.tl.concept_space(adata, "sae")
-    >>> fl.pl.concept_space(adata, "sae", "category", highlight=["f12", "f40"])
+    >>> import featurelens as fl
+    >>> adata = fl.datasets.kang2018(preprocess=True)
+    >>> fl.tl.sae(adata, "X_pca", n_features=32, n_steps=200, progress=False)
+    >>> fl.tl.high_vs_low(adata, "sae", progress=False)
+    >>> fl.tl.enrich(adata, "sae", "GO_BP", methods="mwu", progress=False)
+    >>> fl.tl.concept_space(adata, "sae", progress=False)
+    >>> ax = fl.pl.concept_space(adata, "sae", "category", show=False)
     >>> fl.tl.probe_concepts(adata, "sae", ["virus", "interferon"])
-    >>> fl.pl.concept_space(adata, "sae", "virus")
+    >>> ax = fl.pl.concept_space(adata, "sae", "virus", show=False)
     """
-    entry = _get_entry(adata, key)
-    if "concept_space" not in entry or "obs" not in entry["concept_space"]:
-        raise ValueError(f"No concept space for {key!r}; run `fl.tl.concept_space(adata, {key!r})` first.")
-    obs = entry["concept_space"]["obs"]
+    entry = get_entry(adata, key)
+    obs = stored(entry, key, "concept_space", "concept_space", "concept space")["obs"]
     obs = obs.set_axis(obs.index.astype(str))
     xy = obs[["umap1", "umap2"]].to_numpy(dtype=np.float64)
     n = len(obs)
@@ -698,61 +785,10 @@ def concept_space(
             )
     values, label = (None, None) if color is None else _color_values(entry, key, obs, color)
     fig, ax = _axes(ax, (5.0, 4.2) if legend_loc == "right margin" else (4.2, 4.2))
-    handles = []
-    cats_pos: dict[str, np.ndarray] = {}
-    if values is None:
-        ax.scatter(xy[:, 0], xy[:, 1], s=size, c="C0", lw=0)
-    elif _is_bool(values):
-        on = values.fillna(False).astype(bool).to_numpy()
-        ax.scatter(xy[~on, 0], xy[~on, 1], s=size, c=na_color, lw=0)
-        ax.scatter(xy[on, 0], xy[on, 1], s=size, c=highlight_color, lw=0, zorder=2)
-        handles = [
-            Line2D([], [], ls="", marker="o", color=highlight_color, label=f"{label} ({int(on.sum())})"),
-            Line2D([], [], ls="", marker="o", color=na_color, label=f"other ({int((~on).sum())})"),
-        ]
-    elif pd.api.types.is_numeric_dtype(values.dtype) and not isinstance(values.dtype, pd.CategoricalDtype):
-        v = values.to_numpy(dtype=np.float64)
-        nan = np.isnan(v)
-        if nan.any():
-            ax.scatter(xy[nan, 0], xy[nan, 1], s=size, c=na_color, lw=0)
-        sc = ax.scatter(xy[~nan, 0], xy[~nan, 1], s=size, c=v[~nan], cmap=cmap, lw=0)
-        if legend_loc is not None:
-            fig.colorbar(sc, ax=ax, shrink=0.7, pad=0.02, label=label)
-    else:
-        if isinstance(values.dtype, pd.CategoricalDtype):
-            cats = [str(c) for c in values.cat.categories]
-        else:
-            cats = sorted(values.dropna().astype(str).unique())
-        strv = values.astype(object).where(values.notna(), None)
-        strv = np.array([None if s is None else str(s) for s in strv], dtype=object)
-        pal = _palette(cats, palette)  # colours fixed by the full category list, as in scanpy
-        cats = [c for c in cats if (strv == c).any()]
-        missing = [c for c in cats if pal[c] is None]
-        if missing:
-            raise ValueError(f"`palette` has no colour for {missing[:5]}.")
-        point_colors = np.array([pal[s] if s is not None else na_color for s in strv], dtype=object)
-        ax.scatter(xy[:, 0], xy[:, 1], s=size, c=list(point_colors), lw=0)
-        for c in cats:
-            cats_pos[c] = np.median(xy[strv == c], axis=0)
-            handles.append(Line2D([], [], ls="", marker="o", color=pal[c], label=c))
-        if (strv == None).any():  # noqa: E711
-            handles.append(Line2D([], [], ls="", marker="o", color=na_color, label="NA"))
+    style = {"size": size, "na_color": na_color, "highlight_color": highlight_color, "cmap": cmap, "palette": palette}
+    handles, cats_pos = _draw_points(fig, ax, xy, values, label, legend_loc, style)
     if handles and legend_loc is not None:
-        if legend_loc == "right margin":
-            ax.legend(
-                handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False,
-                fontsize=legend_fontsize, ncols=1 if len(handles) <= 14 else 2 if len(handles) <= 30 else 3,
-            )  # fmt: skip
-        elif legend_loc == "on data" and cats_pos:
-            for c, (cx, cy) in cats_pos.items():
-                ax.text(
-                    cx, cy, c, ha="center", va="center", fontsize=legend_fontsize, weight="bold",
-                    path_effects=[patheffects.withStroke(linewidth=2.5, foreground="white")],
-                )  # fmt: skip
-        elif legend_loc == "on data":
-            ax.legend(handles=handles, loc="best", frameon=False, fontsize=legend_fontsize)
-        else:
-            ax.legend(handles=handles, loc=legend_loc, frameon=False, fontsize=legend_fontsize)
+        _legend(ax, handles, cats_pos, legend_loc, legend_fontsize)
     for h in hl_names:
         hx, hy = xy[obs.index.get_loc(h)]
         ax.scatter([hx], [hy], s=size * 4, facecolors="none", edgecolors="black", linewidths=1.2, zorder=4)

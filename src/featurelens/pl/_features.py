@@ -8,31 +8,23 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from anndata import AnnData
+from matplotlib.axes import Axes
 
-from ..tl._dictionary import _get_entry
-from ..tl._features import activations as _activations
-from ..tl._features import group_codes
-from ._training import _finish
+from .._checks import check_choice
+from .._core import activations as _activations
+from .._core import available_reps, by_grouping, doc, feature_names_of, get_entry, group_codes
+from .._core import resolve_features as _resolve_features
+from ._training import PlotResult, _finish
 
 
 def _feature_index(entry: dict, features) -> tuple[list[int], list[str]]:
     """Positions and names of features given by name (``"f3"``) or position (``3``)."""
-    names = entry["features"].index.astype(str)
-    lookup = {n: i for i, n in enumerate(names)}
-    items = [features] if isinstance(features, str | int | np.integer) else list(features)
-    pos = []
-    for f in items:
-        if isinstance(f, int | np.integer) and not isinstance(f, bool):
-            if not 0 <= f < len(names):
-                raise ValueError(f"Feature {f} is out of range (the dictionary has {len(names)} features).")
-            pos.append(int(f))
-        elif str(f) in lookup:
-            pos.append(lookup[str(f)])
-        else:
-            raise ValueError(f"Unknown feature {f!r}; features are named {names[0]!r} ... {names[-1]!r}.")
-    return pos, [names[i] for i in pos]
+    pos = [int(i) for i in _resolve_features(entry, features)]
+    names = feature_names_of(entry)
+    return pos, [str(names[i]) for i in pos]
 
 
+@doc
 def activations(
     adata: AnnData,
     key: str,
@@ -42,11 +34,11 @@ def activations(
     ncols: int = 4,
     cmap: str = "viridis",
     size: float | None = None,
-    ax=None,
+    ax: Axes | None = None,
     show: bool | None = None,
     return_fig: bool = False,
     **kwargs,
-):
+) -> PlotResult:
     """Feature activations on a 2-D embedding (UMAP, t-SNE, PCA, ...).
 
     ``sc.pl.embedding`` cannot colour by columns of a sparse ``obsm`` entry; this reads the
@@ -57,8 +49,7 @@ def activations(
     ----------
     adata
         Annotated data matrix with the activations and ``adata.obsm[f"X_{basis}"]``.
-    key
-        Key of the dictionary.
+    {doc_key}
     features
         Feature names (``"f12"``) or positions (``12``), one or several.
     basis
@@ -71,10 +62,8 @@ def activations(
         Point size (scanpy's default when ``None``).
     ax
         Axes to draw into (one feature only).
-    show
-        Show the figure (default: when matplotlib is interactive).
-    return_fig
-        Return the figure.
+    {doc_show}
+    {doc_return_fig}
     **kwargs
         Passed to :func:`scanpy.pl.embedding`.
 
@@ -89,13 +78,13 @@ def activations(
     """
     import scanpy as sc
 
-    entry = _get_entry(adata, key)
+    entry = get_entry(adata, key)
     Z = _activations(adata, key)
     pos, names = _feature_index(entry, features)
     obsm_key = basis if basis in adata.obsm else f"X_{basis}"
     if obsm_key not in adata.obsm:
         raise ValueError(
-            f"No embedding {basis!r} in adata.obsm (has {', '.join(map(repr, adata.obsm.keys()))}); "
+            f"No embedding {basis!r} in adata.obsm (has {available_reps(adata)}); "
             "compute one, e.g. `sc.tl.umap(adata)`, or pass `basis=`."
         )
     if ax is not None and len(pos) != 1:
@@ -122,15 +111,18 @@ def activations(
     return _finish(fig, show, False, out)
 
 
-def _group_means(adata: AnnData, key: str, groupby: str) -> pd.DataFrame:
-    from ..stats import group_moments
+def _group_means(entry: dict, key: str, groupby: str) -> pd.DataFrame:
+    """Mean activation per group, as stored by :func:`featurelens.tl.feature_types` (features x groups)."""
+    _, stored = by_grouping(entry, key, "feature_types", groupby, "feature_types")
+    if "means" not in stored:
+        raise ValueError(
+            f"The feature types of {key!r} for {groupby!r} hold no group means (stored by an older version); "
+            f"rerun `fl.tl.feature_types(adata, {key!r}, {groupby!r})`."
+        )
+    return stored["means"]
 
-    Z = _activations(adata, key)
-    codes, groups = group_codes(adata, groupby, min_size=1)
-    m = group_moments(Z, codes, len(groups))
-    return pd.DataFrame(m.means.T, index=_get_entry(adata, key)["features"].index.astype(str), columns=groups)
 
-
+@doc
 def feature_heatmap(
     adata: AnnData,
     key: str,
@@ -140,25 +132,25 @@ def feature_heatmap(
     n_per_group: int = 3,
     standard_scale: str | None = "var",
     cmap: str = "Reds",
-    ax=None,
+    ax: Axes | None = None,
     show: bool | None = None,
     return_fig: bool = False,
-):
+) -> PlotResult:
     """Mean activation per group for the top features, ordered into a diagonal.
 
-    By default the features are, for every group in turn, the ``n_per_group`` features that are
-    local to it (after :func:`featurelens.tl.feature_types`) or, without types, the features
-    whose mean activation is highest in it relative to the others. Rows are groups, columns
-    features, so local features form a diagonal (Schuster 2025, Fig. S15).
+    Reads the group means stored by :func:`featurelens.tl.feature_types` for ``groupby``. By
+    default the features are, for every group in turn, the ``n_per_group`` features that are local
+    to it or, when no feature is local, the features whose mean activation is highest in it
+    relative to the others. Rows are groups, columns features, so local features form a diagonal
+    (Schuster 2025, Fig. S15).
 
     Parameters
     ----------
     adata
-        Annotated data matrix with the activations.
-    key
-        Key of the dictionary.
+        Annotated data matrix after :func:`featurelens.tl.feature_types`.
+    {doc_key}
     groupby
-        Column of ``adata.obs`` with the groups.
+        The ``groupby`` of :func:`featurelens.tl.feature_types`.
     features
         Explicit features (names or positions) instead of the automatic choice.
     n_per_group
@@ -167,12 +159,9 @@ def feature_heatmap(
         ``"var"``: scale every feature (column) to 0..1; ``None``: raw means.
     cmap
         Colour map.
-    ax
-        Axes to draw into.
-    show
-        Show the figure (default: when matplotlib is interactive).
-    return_fig
-        Return the figure.
+    {doc_ax}
+    {doc_show}
+    {doc_return_fig}
 
     Returns
     -------
@@ -180,21 +169,26 @@ def feature_heatmap(
 
     Examples
     --------
+    >>> import featurelens as fl
+    >>> adata = fl.datasets.kang2018(preprocess=True)
+    >>> fl.tl.sae(adata, "X_pca", n_features=64, n_steps=200, progress=False)
     >>> fl.tl.feature_types(adata, "sae", "cell_type")
-    >>> fl.pl.feature_heatmap(adata, "sae", "cell_type")
+    >>> ax = fl.pl.feature_heatmap(adata, "sae", "cell_type", show=False)
     """
-    entry = _get_entry(adata, key)
-    means = _group_means(adata, key, groupby)
+    check_choice(standard_scale, "standard_scale", ("var",), none=True)
+    entry = get_entry(adata, key)
+    means = _group_means(entry, key, groupby)
+    table = entry["feature_types"][groupby]["table"]
     if features is not None:
         _, names = _feature_index(entry, features)
         cols = names
     else:
-        feats = entry["features"]
         rel = means.div(means.sum(axis=1).replace(0, np.nan), axis=0).fillna(0)
+        local = (table["type"] == "local").to_numpy()
         cols = []
         for g in means.columns:
-            if "type" in feats and "group" in feats and (feats["type"] == "local").any():
-                cand = feats.index[(feats["type"] == "local").to_numpy() & (feats["group"].astype(str) == g).to_numpy()]
+            if local.any():
+                cand = table.index[local & (table["group"].astype(str) == g).to_numpy()]
                 order = means.loc[cand, g].sort_values(ascending=False).index
             else:
                 best = rel.idxmax(axis=1)
@@ -206,8 +200,6 @@ def feature_heatmap(
     if standard_scale == "var":
         lo, hi = mat.min(axis=0), mat.max(axis=0)
         mat = (mat - lo) / (hi - lo).replace(0, 1)
-    elif standard_scale is not None:
-        raise ValueError(f"`standard_scale` must be 'var' or None, got {standard_scale!r}.")
     own_fig = ax is None
     if ax is None:
         fig, ax = plt.subplots(figsize=(max(3.0, 0.25 * mat.shape[1] + 2), max(2.5, 0.3 * mat.shape[0] + 1)))
@@ -224,16 +216,17 @@ def feature_heatmap(
     return _finish(fig, show, return_fig, ax)
 
 
+@doc
 def selectivity(
     adata: AnnData,
     key: str,
     groupby: str,
     *,
     kinds: Sequence[str] = ("average", "max"),
-    ax=None,
+    ax: Axes | None = None,
     show: bool | None = None,
     return_fig: bool = False,
-):
+) -> PlotResult:
     """Best selectivity per label, in descending order (Donhauser et al. 2025, Fig. 8).
 
     For every label, the highest selectivity of any feature; one line per kind.
@@ -242,18 +235,14 @@ def selectivity(
     ----------
     adata
         Annotated data matrix after :func:`featurelens.tl.selectivity`.
-    key
-        Key of the dictionary.
+    {doc_key}
     groupby
         The ``groupby`` passed to :func:`featurelens.tl.selectivity`.
     kinds
         ``"average"`` and/or ``"max"``.
-    ax
-        Axes to draw into.
-    show
-        Show the figure (default: when matplotlib is interactive).
-    return_fig
-        Return the figure.
+    {doc_ax}
+    {doc_show}
+    {doc_return_fig}
 
     Returns
     -------
@@ -264,19 +253,16 @@ def selectivity(
     >>> fl.tl.selectivity(adata, "icfl", "perturbation")
     >>> fl.pl.selectivity(adata, "icfl", "perturbation")
     """
-    entry = _get_entry(adata, key)
-    store = entry.get("selectivity", {})
-    if groupby not in store:
-        raise ValueError(f"No selectivity for {groupby!r}; run `fl.tl.selectivity(adata, {key!r}, {groupby!r})` first.")
+    entry = get_entry(adata, key)
+    _, stored = by_grouping(entry, key, "selectivity", groupby, "selectivity")
+    kinds = [check_choice(k, "kinds", ("average", "max")) for k in ([kinds] if isinstance(kinds, str) else kinds)]
     own_fig = ax is None
     if ax is None:
         fig, ax = plt.subplots(figsize=(4.5, 3.0))
     else:
         fig = ax.figure
     for kind in kinds:
-        if kind not in ("average", "max"):
-            raise ValueError(f"Unknown selectivity kind {kind!r}; use 'average' or 'max'.")
-        best = store[groupby][kind].max(axis=0).sort_values(ascending=False)
+        best = stored[kind].max(axis=0).sort_values(ascending=False)
         ax.plot(np.arange(1, len(best) + 1), best.to_numpy(), marker="o", ms=3, lw=1.2, label=kind)
     ax.axhline(0.5, color="0.6", lw=0.8, ls="--")
     ax.axhline(0.2, color="0.8", lw=0.8, ls=":")
@@ -289,31 +275,28 @@ def selectivity(
     return _finish(fig, show, return_fig, ax)
 
 
+@doc
 def feature_types(
     adata: AnnData,
     key: str,
     groupby: str | None = None,
     *,
-    ax=None,
+    ax: Axes | None = None,
     show: bool | None = None,
     return_fig: bool = False,
-):
+) -> PlotResult:
     """Number of local features per group (Schuster 2025, Fig. S17).
 
     Parameters
     ----------
     adata
         Annotated data matrix after :func:`featurelens.tl.feature_types`.
-    key
-        Key of the dictionary.
+    {doc_key}
     groupby
         Which :func:`~featurelens.tl.feature_types` result to show (default: the latest).
-    ax
-        Axes to draw into.
-    show
-        Show the figure (default: when matplotlib is interactive).
-    return_fig
-        Return the figure.
+    {doc_ax}
+    {doc_show}
+    {doc_return_fig}
 
     Returns
     -------
@@ -324,15 +307,11 @@ def feature_types(
     >>> fl.tl.feature_types(adata, "sae", "cell_type")
     >>> fl.pl.feature_types(adata, "sae")
     """
-    entry = _get_entry(adata, key)
-    store = entry.get("feature_types", {})
-    if not store:
-        raise ValueError(f"No feature types; run `fl.tl.feature_types(adata, {key!r}, groupby)` first.")
-    groupby = list(store)[-1] if groupby is None else groupby
-    if groupby not in store:
-        raise ValueError(f"No feature types for {groupby!r}; computed for {list(store)}.")
-    counts = store[groupby]["counts"]["n_local"].sort_values(ascending=False)
-    types = entry["features"]["type"].value_counts() if "type" in entry["features"] else pd.Series(dtype=int)
+    entry = get_entry(adata, key)
+    groupby, stored = by_grouping(entry, key, "feature_types", groupby, "feature_types")
+    counts = stored["counts"]["n_local"].sort_values(ascending=False)
+    table = stored.get("table", entry["features"])
+    types = table["type"].value_counts() if "type" in table else pd.Series(dtype=int)
     own_fig = ax is None
     if ax is None:
         fig, ax = plt.subplots(figsize=(max(3.0, 0.35 * len(counts) + 1), 3.0))
@@ -350,16 +329,17 @@ def feature_types(
     return _finish(fig, show, return_fig, ax)
 
 
+@doc
 def reconstruction(
     adata: AnnData,
     key: str,
     *,
     groupby: str | None = None,
     bins: int = 40,
-    ax=None,
+    ax: Axes | None = None,
     show: bool | None = None,
     return_fig: bool = False,
-):
+) -> PlotResult:
     """Distribution of the per-cell cosine similarity between embedding and reconstruction.
 
     Parameters
@@ -367,18 +347,14 @@ def reconstruction(
     adata
         Annotated data matrix with ``adata.obs[f"{key}_cosine"]`` (written by the learners and
         :func:`featurelens.tl.encode`).
-    key
-        Key of the dictionary.
+    {doc_key}
     groupby
         Draw one histogram per group of this obs column (e.g. a train/held-out split).
     bins
         Histogram bins.
-    ax
-        Axes to draw into.
-    show
-        Show the figure (default: when matplotlib is interactive).
-    return_fig
-        Return the figure.
+    {doc_ax}
+    {doc_show}
+    {doc_return_fig}
 
     Returns
     -------
@@ -388,7 +364,7 @@ def reconstruction(
     --------
     >>> fl.pl.reconstruction(adata, "sae")
     """
-    entry = _get_entry(adata, key)
+    entry = get_entry(adata, key)
     col = f"{key}_cosine"
     if col not in adata.obs:
         raise ValueError(f"adata.obs[{col!r}] is missing; run `fl.tl.encode(adata, {key!r})`.")
@@ -407,7 +383,9 @@ def reconstruction(
             ax.hist(cos[codes == i], bins=edges, histtype="step", lw=1.2, label=str(g))
         ax.legend(frameon=False, fontsize="small")
     q = entry.get("quality", {})
-    ax.set_title(f"FVU {q.get('fvu', np.nan):.3f}, median cosine {np.median(cos):.3f}", fontsize="medium")
+    ax.set_title(
+        f"FVU {q.get('fvu', np.nan):.3f}, median cosine {q.get('median_cosine', np.nan):.3f}", fontsize="medium"
+    )
     ax.set_xlabel("cosine(embedding, reconstruction)")
     ax.set_ylabel("cells")
     if own_fig:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -14,55 +15,23 @@ from matplotlib.axes import Axes
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 
-from .._utils import check_adata
-from ..microscopy._tokens import feature_index, token_info
-from ..microscopy._tokens import token_scores as _token_scores
-from ..tl._dictionary import _get_entry, _prepared_input
-from ..tl._features import activations as _activations
-from ._training import _finish
+from .._checks import check_choice, check_number, check_positive_int
+from .._core import cell_positions, doc, feature_column, get_entry, one_feature, token_info
+from ..get import token_scores as _stored_token_scores
+from ._training import PlotResult, _finish
 
 ORDERS = ("top", "bottom")
 UPSAMPLING = ("nearest", "bilinear")
 TIFF_SUFFIXES = (".tif", ".tiff")
 GRAY_PERCENTILES = (0.5, 99.5)
-_TINY = 1e-12
 
 
 # ---------------------------------------------------------------------- helpers
 def _feature(adata: AnnData, key: str, feature) -> tuple[dict, int, str]:
     """The dictionary entry, the feature's position and its name."""
-    check_adata(adata)
-    entry = _get_entry(adata, key)
-    j = feature_index(entry, feature)
-    names = entry["features"].index.astype(str) if "features" in entry else None
-    return entry, j, (str(names[j]) if names is not None else f"f{j}")
-
-
-def _check_n(n) -> int:
-    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
-        raise ValueError(f"`n` must be a positive integer, got {n!r}.")
-    return int(n)
-
-
-def _cell_positions(adata: AnnData, cells) -> np.ndarray:
-    """Row positions of ``cells`` given by observation name (str) or position (int)."""
-    items = [cells] if isinstance(cells, str | int | np.integer) else list(cells)
-    if not items:
-        raise ValueError("`cells=` is empty; pass observation names or positions.")
-    pos = []
-    for c in items:
-        if isinstance(c, bool | np.bool_):
-            raise TypeError("`cells=` takes observation names or positions, not booleans.")
-        if isinstance(c, int | np.integer):
-            if not -adata.n_obs <= int(c) < adata.n_obs:
-                raise ValueError(f"Cell position {int(c)} is out of range (adata has {adata.n_obs} observations).")
-            pos.append(int(c) % adata.n_obs)
-        else:
-            i = adata.obs_names.get_indexer([str(c)])[0]
-            if i < 0:
-                raise ValueError(f"{c!r} is not an observation name of adata (names look like {adata.obs_names[0]!r}).")
-            pos.append(int(i))
-    return np.asarray(pos, dtype=np.int64)
+    entry = get_entry(adata, key)
+    j, name = one_feature(entry, feature)
+    return entry, j, name
 
 
 def _check_images(adata: AnnData, images, image_key: str | None) -> None:
@@ -224,10 +193,10 @@ def token_heatmap(
     vmin: float | None = None,
     vmax: float | None = None,
     ncols: int = 5,
-    ax=None,
+    ax: Sequence[Axes] | Axes | None = None,
     show: bool | None = None,
     return_fig: bool = False,
-):
+) -> PlotResult:
     """Where in the image a feature fires: token score maps on its most active images.
 
     For the ``n`` images (observations) with the highest activation of ``feature``
@@ -246,8 +215,7 @@ def token_heatmap(
         AnnData with token embeddings (from :func:`featurelens.microscopy.extract_embeddings` or
         :func:`featurelens.microscopy.from_embeddings`) and dictionary ``key`` with its
         activations ``adata.obsm[f"X_{key}"]``.
-    key
-        Key of the dictionary.
+    {doc_key}
     feature
         Feature name (``"f3"``) or position (``3``).
     images
@@ -284,10 +252,8 @@ def token_heatmap(
     ax
         Axes to draw into, one per shown image (a list or array; the colour bar takes space
         from them).
-    show
-        Show the figure (default: when matplotlib is interactive).
-    return_fig
-        Return the figure.
+    {doc_show}
+    {doc_return_fig}
 
     Returns
     -------
@@ -303,24 +269,20 @@ def token_heatmap(
     >>> fl.pl.token_heatmap(adata, "icfl", "f3", crops, n=6)
     """
     _, j, fname = _feature(adata, key, feature)
-    if order not in ORDERS:
-        raise ValueError(f"`order` must be one of {ORDERS}, got {order!r}.")
-    if upsample not in UPSAMPLING:
-        raise ValueError(f"`upsample` must be one of {UPSAMPLING}, got {upsample!r}.")
-    if isinstance(ncols, bool) or not isinstance(ncols, int | np.integer) or ncols < 1:
-        raise ValueError(f"`ncols` must be a positive integer, got {ncols!r}.")
-    if not 0.0 <= float(alpha) <= 1.0:
-        raise ValueError(f"`alpha` must be between 0 and 1, got {alpha!r}.")
+    check_choice(order, "order", ORDERS)
+    check_choice(upsample, "upsample", UPSAMPLING)
+    check_positive_int(ncols, "ncols")
+    check_number(alpha, "alpha", minimum=0.0, maximum=1.0)
     token_info(adata)  # clear error when there are no tokens
     _check_images(adata, images, image_key)
-    act = np.asarray(_activations(adata, key)[:, j].toarray(), dtype=np.float64).ravel()
+    all_maps = _stored_token_scores(adata, key, fname)
+    act = feature_column(adata, key, j)
     if cells is not None:
-        rows = _cell_positions(adata, cells)
+        rows = cell_positions(adata, cells)
     else:
-        k = min(_check_n(n), adata.n_obs)
+        k = min(check_positive_int(n, "n"), adata.n_obs)
         rows = np.argsort(-act if order == "top" else act, kind="stable")[:k]
-    uniq, inverse = np.unique(rows, return_inverse=True)
-    maps = _token_scores(adata[uniq], key, j)[inverse]  # (k, h, w), only the shown rows are scored
+    maps = all_maps[rows]
     shown = _load_images(adata, rows, images, image_key)
     limits = _gray_limits(shown)
     if shown is None:
@@ -355,23 +317,18 @@ def token_heatmap(
 
 
 # ---------------------------------------------------------------------- top_images
-def _alignment(adata: AnnData, key: str, feature: str | int) -> np.ndarray:
-    """Cosine between every observation's preprocessed embedding and a feature's decoder direction.
-
-    The embedding is the dictionary's input exactly as :func:`featurelens.tl.encode` prepares it:
-    ``adata.obsm[params["use_rep"]]`` (or its unwhitened source, whitened with the stored
-    whitening), then the dictionary's normalisation. This is the path
-    :func:`featurelens.microscopy.token_scores` applies to every token; rows that map to zero
-    score 0.
-    """
-    entry, j, _ = _feature(adata, key, feature)
-    _, _, Y, _, _ = _prepared_input(adata, entry, None, None)
-    Y = np.asarray(Y, dtype=np.float64)
-    direction = np.asarray(entry["decoder"], dtype=np.float64)[j]
-    norms = np.linalg.norm(Y, axis=1) * float(np.linalg.norm(direction))
-    return np.where(norms > _TINY, (Y @ direction) / np.where(norms > _TINY, norms, 1.0), 0.0)
+def _alignment(adata: AnnData, key: str, fname: str) -> np.ndarray:
+    """The alignment stored by :func:`featurelens.tl.token_scores` for a feature."""
+    run = (get_entry(adata, key).get("token_scores") or {}).get(fname)
+    col = run.get("obs_key") if isinstance(run, dict) else None
+    if col is None or col not in adata.obs:
+        raise ValueError(
+            f"No alignment of {key!r}:{fname} in adata.obs; run `fl.tl.token_scores(adata, {key!r}, {fname!r})` first."
+        )
+    return adata.obs[col].to_numpy(dtype=np.float64)
 
 
+@doc
 def top_images(
     adata: AnnData,
     key: str,
@@ -380,10 +337,10 @@ def top_images(
     n: int = 6,
     *,
     image_key: str | None = None,
-    ax=None,
+    ax: Sequence[Axes] | Axes | None = None,
     show: bool | None = None,
     return_fig: bool = False,
-):
+) -> PlotResult:
     """The images most and least aligned with a feature, side by side (Figs. 1D and 11 of the ICFL paper).
 
     Alignment is the cosine between every observation's pooled embedding, preprocessed exactly
@@ -403,8 +360,7 @@ def top_images(
     ----------
     adata
         Annotated data matrix holding dictionary ``key`` and the embedding it was trained on.
-    key
-        Key of the dictionary.
+    {doc_key}
     feature
         Feature name (``"f3"``) or position (``3``).
     images
@@ -417,10 +373,8 @@ def top_images(
         (``.tif``/``.tiff`` read with :mod:`tifffile`, others with :func:`matplotlib.image.imread`).
     ax
         ``2 x n`` Axes to draw into (first row: positive, second row: negative).
-    show
-        Show the figure (default: when matplotlib is interactive).
-    return_fig
-        Return the figure.
+    {doc_show}
+    {doc_return_fig}
 
     Returns
     -------
@@ -436,8 +390,8 @@ def top_images(
     if images is None and image_key is None:
         raise ValueError("top_images needs the images: pass `images=` (an array) or `image_key=` (a path column).")
     _check_images(adata, images, image_key)
-    k = min(_check_n(n), adata.n_obs)
-    cos = _alignment(adata, key, feature)
+    k = min(check_positive_int(n, "n"), adata.n_obs)
+    cos = _alignment(adata, key, fname)
     rows = np.stack([np.argsort(-cos, kind="stable")[:k], np.argsort(cos, kind="stable")[:k]])
     shown = _load_images(adata, rows.ravel(), images, image_key)
     limits = _gray_limits(shown)

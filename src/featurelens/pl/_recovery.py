@@ -8,8 +8,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from anndata import AnnData
+from matplotlib.axes import Axes
 
-from ._training import _finish
+from .._core import doc
+from ._training import PlotResult, _finish
 
 
 def recovery_table(adata: AnnData, methods: Sequence[str] | None = None, *, key: str = "variable_recovery"):
@@ -28,6 +30,7 @@ def recovery_table(adata: AnnData, methods: Sequence[str] | None = None, *, key:
     return pd.DataFrame(cols).T
 
 
+@doc
 def recovery(
     adata: AnnData,
     methods: Sequence[str] | None = None,
@@ -35,10 +38,10 @@ def recovery(
     variables: Sequence[str] | None = None,
     labels: dict[str, str] | None = None,
     key: str = "variable_recovery",
-    ax=None,
+    ax: Axes | None = None,
     show: bool | None = None,
     return_fig: bool = False,
-):
+) -> PlotResult:
     """Mean best correlation per variable for several methods, as grouped bars (Table S5 as a figure).
 
     Reads the summaries stored by :func:`featurelens.tl.variable_recovery` (one per dictionary key or
@@ -57,12 +60,9 @@ def recovery(
         Display names of the variables (e.g. ``{"X_programs_active": "X''"}``).
     key
         The ``uns`` key the results were stored under.
-    ax
-        Axes to draw into.
-    show
-        Show the figure (default: when matplotlib is interactive).
-    return_fig
-        Return the figure.
+    {doc_ax}
+    {doc_show}
+    {doc_return_fig}
 
     Returns
     -------

@@ -12,11 +12,9 @@ from matplotlib import patheffects
 from matplotlib.axes import Axes
 from matplotlib.lines import Line2D
 
-from .._utils import get_rep
-from ..tl._dictionary import _get_entry
-from ..tl._steer import steering_run as _steering_run
+from .._core import doc, get_entry, raw_embedding, steering_run
 from ._annotation import DOWN_COLOR, UP_COLOR, _label_points, _neglog10, _palette
-from ._training import _finish
+from ._training import PlotResult, _finish
 
 ORIGINAL_COLOR = "#252525"
 STEERED_COLOR = "#e7298a"
@@ -25,13 +23,6 @@ MAX_ARROWS = 200
 PADJ_THRESHOLD = 0.05
 PADJ_ZERO_FALLBACK = 300.0
 RANDOM_STATE = 0
-
-
-def _pca_2d(X: np.ndarray):
-    """A 2-component PCA of ``X`` (float64, fixed seed)."""
-    from sklearn.decomposition import PCA
-
-    return PCA(n_components=2, random_state=RANDOM_STATE).fit(np.asarray(X, dtype=np.float64))
 
 
 def _draw_background(ax, adata: AnnData, xy: np.ndarray, color: str | None, size: float, fig) -> list:
@@ -104,6 +95,7 @@ def _volcano_values(res: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, str, str
     return x, y, xlabel, ylabel, sig
 
 
+@doc
 def steering(
     adata: AnnData,
     key: str,
@@ -114,18 +106,19 @@ def steering(
     n_labels: int = 10,
     arrows: bool = True,
     size: float | None = None,
-    ax=None,
+    ax: Sequence[Axes] | None = None,
     show: bool | None = None,
     return_fig: bool = False,
-):
+) -> PlotResult:
     """Where a steering run moved the cells, and which genes it changed.
 
     Reads what :func:`featurelens.tl.steer` stored in ``adata.uns[key]["steering"][name]``; the
     AnnData is only read, never modified. Two panels:
 
-    1. **Cells.** A 2-component PCA (scikit-learn, fixed seed) is fitted on the embedding the run
-       steered, ``adata.obsm[params["use_rep"]]``, of all cells, and both the original embedding of
-       the steered cells and their steered embedding are projected onto it. All cells are drawn in
+    1. **Cells.** The 2-D view :func:`featurelens.tl.steer` stored with the run (a 2-component
+       PCA of the embedding it steered, ``adata.obsm[params["use_rep"]]``, of all cells): all cells
+       are projected with it, and the stored view coordinates of the steered cells before and after
+       steering and of the group centroids are drawn. All cells are drawn in
        light grey (or coloured by ``color``), the steered cells at their original positions in dark
        grey and at their steered positions in magenta, with thin arrows from one to the other (at most
        200, a fixed random subsample), and, when the run had ``centroids``, the centroid of every
@@ -146,15 +139,14 @@ def steering(
     ----------
     adata
         Annotated data matrix after :func:`featurelens.tl.steer`.
-    key
-        Key of the dictionary.
+    {doc_key}
     name
         Name of the steering run (the feature name unless ``key_added`` was given); may be omitted
         when there is only one.
     basis
         Only ``"pca"``. Steered cells are new points in the embedding, and a stored UMAP or t-SNE
         (``adata.obsm["X_umap"]``) holds coordinates of the existing cells only, without a model
-        that could place new points; a PCA fitted here projects any point linearly, so original and
+        that could place new points; the run's PCA view projects any point linearly, so original and
         steered cells share one view.
     color
         Column of ``adata.obs`` that colours all cells (e.g. ``"condition"``): categories get a
@@ -169,10 +161,8 @@ def steering(
         number of cells.
     ax
         Two Axes to draw into (cells, volcano).
-    show
-        Show the figure (default: when matplotlib is interactive).
-    return_fig
-        Return the figure.
+    {doc_show}
+    {doc_return_fig}
 
     Returns
     -------
@@ -181,36 +171,31 @@ def steering(
 
     Examples
     --------
-    >>> fl.tl.steer(adata, "sae", "f12", groupby="cell_type", group="CD14 Mono", cells="condition == 'CTRL'",
-    ...             centroids="condition")
-    >>> fl.pl.steering(adata, "sae", "f12", color="condition")
+    >>> import featurelens as fl
+    >>> adata = fl.datasets.kang2018(preprocess=True)
+    >>> fl.tl.sae(adata, "X_pca", n_features=64, n_steps=200, progress=False)
+    >>> fl.tl.steer(adata, "sae", "f0", groupby="cell_type", group="CD14 Mono", cells="condition == 'CTRL'",
+    ...             centroids="condition", progress=False)
+    >>> axes = fl.pl.steering(adata, "sae", "f0", color="condition", show=False)
     """
-    entry = _get_entry(adata, key)
-    run_name, run = _steering_run(entry, key, name)
+    entry = get_entry(adata, key)
+    run_name, run = steering_run(entry, key, name)
     if basis != "pca":
         raise ValueError(
             f"basis={basis!r} cannot place steered cells: the steered embedding is new points, and a stored "
             f"{basis.upper() if isinstance(basis, str) else basis} holds coordinates of the existing cells only "
-            "(it cannot embed new points here). Use basis='pca', a PCA of the steered embedding space that projects "
-            "original and steered cells alike."
+            "(it cannot embed new points here). Use basis='pca', the PCA view the run stored."
         )
     params = run.get("params", {})
-    rep = params.get("use_rep")
-    if rep is None:
-        raise ValueError(f"Steering run {run_name!r} has no params['use_rep']; rerun `fl.tl.steer`.")
-    X = get_rep(adata, str(rep))
-    cells = run["cells"]
-    idx = adata.obs_names.get_indexer(cells["obs_name"].astype(str))
-    if (idx < 0).any():
+    if "view" not in run or "pc1_before" not in run["cells"]:
+        raise ValueError(f"Steering run {run_name!r} has no stored 2-D view (an older version); rerun `fl.tl.steer`.")
+    rep = str(params.get("use_rep"))
+    X = np.asarray(raw_embedding(adata, rep), dtype=np.float64)
+    view = run["view"]
+    if X.shape[1] != np.shape(view["components"])[1]:
         raise ValueError(
-            f"{int((idx < 0).sum())} steered cell(s) of run {run_name!r} are not in adata (was it subset after "
-            "`fl.tl.steer`?)."
-        )
-    X1 = np.asarray(run["embedding"], dtype=np.float64)
-    if X1.shape != (len(idx), X.shape[1]):
-        raise ValueError(
-            f"The stored steered embedding has shape {X1.shape}; expected ({len(idx)}, {X.shape[1]}) "
-            f"(steered cells x dimensions of adata.obsm[{rep!r}])."
+            f"adata.obsm[{rep!r}] has {X.shape[1]} dimensions but the run's view was fitted on "
+            f"{np.shape(view['components'])[1]}; was the embedding recomputed after `fl.tl.steer`?"
         )
     if ax is not None:
         if isinstance(ax, Axes) or not isinstance(ax, Sequence | np.ndarray) or len(ax) != 2:
@@ -220,71 +205,65 @@ def steering(
     else:
         fig, axs = plt.subplots(1, 2, figsize=(10.5, 5.0), layout="constrained", width_ratios=[1.1, 1.0])
         axes = np.asarray(axs, dtype=object)
-    ax_cells, ax_volcano = axes
+    xy = (X - np.asarray(view["mean"])) @ np.asarray(view["components"]).T
+    _cells_panel(fig, axes[0], adata, run, run_name, xy, color=color, arrows=arrows, size=size)
+    _volcano_panel(axes[1], run, run_name, n_labels)
+    return _finish(fig, show, return_fig, axes)
 
-    # ---- panel 1: cells in a PCA of the embedding
-    pca = _pca_2d(X)
-    xy = pca.transform(X.astype(np.float64))
-    xy0, xy1 = xy[idx], pca.transform(X1)
+
+def _cells_panel(fig, ax, adata: AnnData, run: dict, run_name: str, xy, *, color, arrows, size) -> None:
+    """All cells in the run's 2-D view, the steered cells before and after, arrows and centroids."""
+    params, cells = run["params"], run["cells"]
+    xy0 = cells[["pc1_before", "pc2_before"]].to_numpy(dtype=np.float64)
+    xy1 = cells[["pc1_after", "pc2_after"]].to_numpy(dtype=np.float64)
     size = float(np.clip(20000.0 / max(adata.n_obs, 1), 1.0, 20.0)) if size is None else float(size)
-    handles = _draw_background(ax_cells, adata, xy, color, size, fig)
-    n = len(idx)
-    ax_cells.scatter(
-        xy0[:, 0], xy0[:, 1], s=2 * size, c=ORIGINAL_COLOR, edgecolors="white", linewidths=0.2, zorder=2,
-        label=f"original ({n})",
-    )  # fmt: skip
+    handles = _draw_background(ax, adata, xy, color, size, fig)
+    n = len(xy0)
+    ax.scatter(xy0[:, 0], xy0[:, 1], s=2 * size, c=ORIGINAL_COLOR, edgecolors="white", linewidths=0.2, zorder=2)
     if arrows and n:
         take = np.arange(n)
         if n > MAX_ARROWS:
             take = np.sort(np.random.default_rng(RANDOM_STATE).choice(n, MAX_ARROWS, replace=False))
         d = xy1[take] - xy0[take]
-        ax_cells.quiver(
+        ax.quiver(
             xy0[take, 0], xy0[take, 1], d[:, 0], d[:, 1], angles="xy", scale_units="xy", scale=1, color="0.35",
             alpha=0.6, width=0.002, headwidth=5, headlength=6, headaxislength=5.5, zorder=3,
         )  # fmt: skip
-    ax_cells.scatter(
-        xy1[:, 0], xy1[:, 1], s=2 * size, c=STEERED_COLOR, edgecolors="white", linewidths=0.2, zorder=4,
-        label=f"steered ({n})",
-    )  # fmt: skip
+    ax.scatter(xy1[:, 0], xy1[:, 1], s=2 * size, c=STEERED_COLOR, edgecolors="white", linewidths=0.2, zorder=4)
     handles += [
         Line2D([], [], ls="", marker="o", color=ORIGINAL_COLOR, label=f"original ({n})"),
         Line2D([], [], ls="", marker="o", color=STEERED_COLOR, label=f"steered ({n})"),
     ]
     col = params.get("centroids")
-    if col is not None:
-        if col not in adata.obs:
-            raise ValueError(f"The run's centroids column {col!r} is no longer in adata.obs.")
-        labels = adata.obs[col].astype(str).to_numpy()
-        groups = sorted(pd.unique(labels))  # as fl.tl.steer orders them
-        C = pca.transform(np.stack([X[labels == g].astype(np.float64).mean(0) for g in groups]))
-        ax_cells.scatter(
-            C[:, 0], C[:, 1], s=90, marker="X", c="black", edgecolors="white", linewidths=1.0, zorder=5,
-            label=f"centroids of {col}",
-        )  # fmt: skip
-        for g, (cx, cy) in zip(groups, C, strict=True):
-            ax_cells.annotate(
+    if col is not None and "movement" in run:
+        C = run["movement"][["pc1", "pc2"]].to_numpy(dtype=np.float64)
+        ax.scatter(C[:, 0], C[:, 1], s=90, marker="X", c="black", edgecolors="white", linewidths=1.0, zorder=5)
+        for g, (cx, cy) in zip(run["movement"].index.astype(str), C, strict=True):
+            ax.annotate(
                 g, (cx, cy), xytext=(6, 6), textcoords="offset points", fontsize="small", weight="bold", zorder=6,
                 path_effects=[patheffects.withStroke(linewidth=2.5, foreground="white")],
             )  # fmt: skip
         handles.append(Line2D([], [], ls="", marker="X", color="black", mec="white", label=f"centroid of {col}"))
-    evr = pca.explained_variance_ratio_
-    ax_cells.set_xlabel(f"PC1 of {rep} ({evr[0]:.0%})")
-    ax_cells.set_ylabel(f"PC2 of {rep} ({evr[1]:.0%})")
-    ax_cells.set_xticks([])
-    ax_cells.set_yticks([])
-    feature, value = params.get("feature", run_name), params.get("value", np.nan)
-    title = f"{feature} set to {float(value):.3g} in {n} cells"
+    evr = np.asarray(run["view"]["explained_variance_ratio"])
+    rep = params.get("use_rep")
+    ax.set_xlabel(f"PC1 of {rep} ({evr[0]:.0%})")
+    ax.set_ylabel(f"PC2 of {rep} ({evr[1]:.0%})" if evr.size > 1 else "")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    title = f"{params.get('feature', run_name)} set to {float(params.get('value', np.nan)):.3g} in {n} cells"
     frac = params.get("frac_nearest_changed", np.nan)
     if col is not None and frac is not None and np.isfinite(float(frac)):
         title += f"\nnearest {col} centroid changed for {float(frac):.0%}"
-    ax_cells.set_title(title, fontsize="medium")
-    ax_cells.legend(
+    ax.set_title(title, fontsize="medium")
+    ax.legend(
         handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncols=2, frameon=False, fontsize="x-small",
         markerscale=1.5, handletextpad=0.2, columnspacing=1.0,
     )  # fmt: skip
 
-    # ---- panel 2: volcano of the paired DGE
-    res = run["results"]
+
+def _volcano_panel(ax, run: dict, run_name: str, n_labels: int) -> None:
+    """Volcano of the paired DGE of the run."""
+    params, res = run["params"], run["results"]
     x, y, xlabel, ylabel, sig = _volcano_values(res)
     direction = res["direction"].astype(str).to_numpy()
     tested = np.isfinite(res["padj"].to_numpy(dtype=np.float64))
@@ -298,24 +277,24 @@ def steering(
     ]
     for mask, c, label in groups_v:
         if mask.any():
-            ax_volcano.scatter(
-                x[mask], y[mask], s=6, c=c, lw=0, rasterized=mask.sum() > 5000, label=f"{label} ({int(mask.sum())})"
-            )
-    ax_volcano.axhline(_neglog10(PADJ_THRESHOLD), color="0.5", lw=0.8, ls="--")
-    ax_volcano.axvline(0, color="0.7", lw=0.6)
+            n = int(mask.sum())
+            ax.scatter(x[mask], y[mask], s=6, c=c, lw=0, rasterized=n > 5000, label=f"{label} ({n})")
+    ax.axhline(_neglog10(PADJ_THRESHOLD), color="0.5", lw=0.8, ls="--")
+    ax.axvline(0, color="0.7", lw=0.6)
     span = float(np.abs(x[drawn]).max()) if drawn.any() else 1.0
     span = span if span > 0 else 1.0
     ymax = max(float(y.max()) if y.size else 0.0, float(_neglog10(PADJ_THRESHOLD)))
-    ax_volcano.set_xlim(-1.08 * span, 1.08 * span)
-    ax_volcano.set_ylim(-0.04 * ymax - 0.1, 1.06 * ymax + 0.1)
-    ax_volcano.set_xlabel(xlabel)
-    ax_volcano.set_ylabel(ylabel)
-    ax_volcano.set_title(
+    ax.set_xlim(-1.08 * span, 1.08 * span)
+    ax.set_ylim(-0.04 * ymax - 0.1, 1.06 * ymax + 0.1)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    feature = params.get("feature", run_name)
+    ax.set_title(
         f"{feature}: steered vs original ({params.get('method', '?')}, {params.get('decoder', '?')} decoder)",
         fontsize="medium",
     )
-    if len(ax_volcano.collections):
-        ax_volcano.legend(
+    if len(ax.collections):
+        ax.legend(
             loc="upper center", bbox_to_anchor=(0.5, -0.12), ncols=2, frameon=False, fontsize="x-small",
             markerscale=2, handletextpad=0.2, columnspacing=1.0,
         )  # fmt: skip
@@ -324,5 +303,4 @@ def steering(
         order = cand[np.argsort(-np.abs(res["delta"].to_numpy(dtype=np.float64)[cand]), kind="stable")][:n_labels]
         if order.size:
             genes = list(res["gene"].astype(str).to_numpy()[order])
-            _label_points(ax_volcano, x[order], y[order], genes, "x-small", offset=8)
-    return _finish(fig, show, return_fig, axes)
+            _label_points(ax, x[order], y[order], genes, "x-small", offset=8)

@@ -7,8 +7,14 @@ from collections.abc import Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 from anndata import AnnData
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
+from .._core import doc
 from ..get import history as get_history
+
+#: what a plot returns: the figure (``return_fig=True``), its Axes (one, or an array), or None when shown
+PlotResult = Figure | Axes | np.ndarray | None
 
 
 def _finish(fig, show: bool | None, return_fig: bool, axes):
@@ -22,25 +28,25 @@ def _finish(fig, show: bool | None, return_fig: bool, axes):
     return axes
 
 
+@doc
 def history(
     adata: AnnData,
-    key: str = "sae",
+    key: str,
     metrics: str | Sequence[str] = ("loss", "fvu", "l0", "dead_fraction"),
     *,
     x: str = "step",
     logy: bool = False,
-    ax=None,
+    ax: Axes | None = None,
     show: bool | None = None,
     return_fig: bool = False,
-):
+) -> PlotResult:
     """Plot the training history of a dictionary.
 
     Parameters
     ----------
     adata
         Annotated data matrix holding the dictionary.
-    key
-        Key of the dictionary.
+    {doc_key}
     metrics
         Columns of the history to plot, one panel each (missing ones are skipped).
     x
@@ -49,10 +55,8 @@ def history(
         Logarithmic y axes.
     ax
         Axes to draw into (only with a single metric).
-    show
-        Show the figure (default: when matplotlib is interactive).
-    return_fig
-        Return the figure.
+    {doc_show}
+    {doc_return_fig}
 
     Returns
     -------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,46 +10,59 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from .._utils import check_adata, get_rep, plain, plain_params, version, view_to_actual
-from ..models.preprocess import Normalizer, Whitening, fit_whitening
+from .._checks import check_bool, check_choice, check_nonnegative
+from .._core import (
+    available,
+    claim,
+    dictionary_keys,
+    doc,
+    embedding,
+    is_whitening,
+    plain,
+    stem,
+    tool,
+    tool_params,
+    warn,
+)
+from .._core._dictionary import WHITEN_METHOD
+from ..models.preprocess import NORMALIZE_OPTIONS, Normalizer, Whitening, fit_whitening
 
-WHITEN_METHOD = "whiten"
+
+def _mask_from_controls(adata: AnnData, controls: Any) -> np.ndarray:
+    """A boolean mask given as an array, a Series or the name of a boolean obs column."""
+    if isinstance(controls, str):
+        if controls not in adata.obs:
+            raise ValueError(f"`controls={controls!r}` is not a column of adata.obs.")
+        controls = adata.obs[controls]
+    if isinstance(controls, pd.Series):
+        if not controls.index.equals(adata.obs_names):
+            controls = controls.reindex(adata.obs_names)
+        controls = controls.to_numpy()
+    mask = np.asarray(controls)
+    if mask.dtype != bool:
+        if mask.dtype == object and all(isinstance(v, bool | np.bool_) for v in mask):
+            mask = mask.astype(bool)
+        else:
+            raise TypeError(f"`controls` must be a boolean mask over cells, got dtype {mask.dtype}.")
+    if mask.shape != (adata.n_obs,):
+        raise ValueError(f"`controls` has shape {mask.shape}, expected ({adata.n_obs},) (one entry per cell).")
+    return mask
 
 
-def _control_mask(
-    adata: AnnData,
-    control_key: str | None,
-    control_value: Any,
-    controls: Any,
-) -> np.ndarray:
+def _control_mask(adata: AnnData, control_key: str | None, control_value: Any, controls: Any) -> np.ndarray:
     if controls is not None:
         if control_key is not None or control_value is not None:
             raise ValueError("Pass either `controls=` (a boolean mask) or `control_key=`/`control_value=`, not both.")
-        if isinstance(controls, str):
-            if controls not in adata.obs:
-                raise ValueError(f"`controls={controls!r}` is not a column of adata.obs.")
-            controls = adata.obs[controls]
-        if isinstance(controls, pd.Series):
-            if not controls.index.equals(adata.obs_names):
-                controls = controls.reindex(adata.obs_names)
-            controls = controls.to_numpy()
-        mask = np.asarray(controls)
-        if mask.dtype != bool:
-            if mask.dtype == object and all(isinstance(v, bool | np.bool_) for v in mask):
-                mask = mask.astype(bool)
-            else:
-                raise TypeError(f"`controls` must be a boolean mask over cells, got dtype {mask.dtype}.")
-        if mask.shape != (adata.n_obs,):
-            raise ValueError(f"`controls` has shape {mask.shape}, expected ({adata.n_obs},) (one entry per cell).")
-        return mask
+        return _mask_from_controls(adata, controls)
     if control_key is None:
         raise ValueError(
             "Say which cells are the controls: `control_key=` (an obs column) with `control_value=`, "
             "or `controls=` (a boolean mask)."
         )
     if control_key not in adata.obs:
-        cols = ", ".join(map(repr, adata.obs.columns)) or "nothing"
-        raise ValueError(f"`control_key={control_key!r}` is not a column of adata.obs, which has {cols}.")
+        raise ValueError(
+            f"`control_key={control_key!r}` is not a column of adata.obs, which has {available(adata.obs.columns)}."
+        )
     if control_value is None:
         raise ValueError(f"Pass `control_value=` (the value(s) of adata.obs[{control_key!r}] that mark controls).")
     col = adata.obs[control_key]
@@ -68,17 +80,47 @@ def _control_mask(
     return mask
 
 
-def find_whitening(adata: AnnData, obsm_key: str) -> tuple[str, dict] | None:
-    """The ``uns`` entry written by :func:`whiten` that produced ``adata.obsm[obsm_key]``, if any."""
-    for key, entry in adata.uns.items():
-        if not isinstance(entry, dict):
-            continue
-        params = entry.get("params")
-        if isinstance(params, dict) and params.get("method") == WHITEN_METHOD and params.get("obsm_key") == obsm_key:
-            return key, entry
-    return None
+def _stale_dictionaries(adata: AnnData, obsm_key: str) -> list[str]:
+    """Dictionaries trained on ``adata.obsm[obsm_key]`` (about to be recomputed)."""
+    return [k for k in dictionary_keys(adata) if adata.uns[k]["params"].get("use_rep") == obsm_key]
 
 
+def _whitening_params(use_rep, obsm_key, control_key, control_value, n_ctrl, white, eps, unit_norm) -> dict:
+    value = (
+        json.dumps([plain(v) for v in control_value])
+        if isinstance(control_value, list | tuple | np.ndarray | pd.Index)
+        else plain(control_value)
+    )
+    return tool_params(
+        method=WHITEN_METHOD, use_rep=use_rep, obsm_key=obsm_key, control_key=control_key, control_value=value,
+        n_controls=n_ctrl, n_comps=white.n_comps, eps=eps, unit_norm=unit_norm,
+    )  # fmt: skip
+
+
+def _check_controls(n_ctrl: int, d: int, n_comps, eps: float) -> int:
+    """The number of components kept; warns when the controls cannot support them."""
+    if n_ctrl < 2:
+        raise ValueError(
+            f"Whitening needs at least 2 control cells, found {n_ctrl}. Check `control_key`/`control_value`."
+        )
+    if n_comps is not None and not (isinstance(n_comps, int | np.integer) and 1 <= int(n_comps) <= d):
+        raise ValueError(f"`n_comps` must be between 1 and the embedding dimension {d}, got {n_comps!r}.")
+    kept = d if n_comps is None else int(n_comps)
+    rank = n_ctrl - 1
+    if kept > rank and eps == 0:
+        raise ValueError("With eps=0 and fewer controls than dimensions the whitening is singular; set eps > 0.")
+    if kept > rank:
+        warn(
+            f"Only {n_ctrl} control cells for {d} dimensions: the control covariance has rank at most {rank}, so "
+            f"{kept - rank} of the {kept} whitened directions have no control variance and are regularised with "
+            f"eps={eps:g} (which amplifies them by up to {1 / np.sqrt(eps):.3g}x). "
+            f"Pass n_comps<={rank} to drop them, or a larger eps."
+        )
+    return kept
+
+
+@tool
+@doc
 def whiten(
     adata: AnnData,
     use_rep: str = "X_pca",
@@ -90,8 +132,7 @@ def whiten(
     eps: float = 1e-6,
     unit_norm: bool = False,
     key_added: str | None = None,
-    copy: bool = False,
-) -> AnnData | None:
+) -> None:
     """Whiten an embedding on control cells (PCA whitening fitted on the controls).
 
     Every row is centred on the mean of the control cells ``mu_c`` and mapped with
@@ -101,10 +142,13 @@ def whiten(
     from controls stand out. Optionally rows are scaled to unit norm afterwards. This is the
     preprocessing of the ICFL paper (Donhauser et al. 2025, sec. 4.1).
 
+    Re-whitening under a key that dictionaries were trained on replaces the whitened embedding;
+    those dictionaries keep their own copy of the previous whitening, which
+    :func:`featurelens.tl.encode` applies to the unwhitened embedding from then on.
+
     Parameters
     ----------
-    adata
-        Annotated data matrix.
+    {doc_adata}
     use_rep
         Key of the embedding in ``adata.obsm`` (``"X"`` for ``adata.X``).
     control_key
@@ -118,18 +162,17 @@ def whiten(
         than dimensions, keep at most ``n_controls - 1``: the other directions have no control
         variance and are only held finite by ``eps``.
     eps
-        Regulariser added to every eigenvalue before the inverse square root.
+        Regulariser added to every eigenvalue before the inverse square root (``0`` only when the
+        controls vary along every kept direction).
     unit_norm
         Scale whitened rows to unit L2 norm.
     key_added
-        Name of the result: ``adata.obsm[f"X_{key_added}"]`` and ``adata.uns[key_added]``
+        Stem of the result names: ``adata.obsm[f"X_{key_added}"]`` and ``adata.uns[key_added]``
         (default ``"whitened"``).
-    copy
-        Return a copy instead of writing to ``adata``.
 
     Returns
     -------
-    ``None``, or a copy of ``adata`` when ``copy=True``.
+    {doc_returns_tool}
 
     Sets the following fields:
 
@@ -143,72 +186,38 @@ def whiten(
 
     Examples
     --------
-    >>> import featurelens as fl, scanpy as sc
-    >>> fl.pp.whiten(adata, "X_pca", control_key="perturbation", control_value="control")
-    >>> fl.tl.icfl(adata, use_rep="X_whitened")
+    >>> import featurelens as fl
+    >>> adata = fl.datasets.kang2018(preprocess=True)
+    >>> fl.pp.whiten(adata, "X_pca", control_key="condition", control_value="CTRL")
+    >>> ctrl = adata.obsm["X_whitened"][(adata.obs["condition"] == "CTRL").to_numpy()]
+    >>> bool(abs(ctrl.mean(0)).max() < 1e-3)
+    True
     """
-    check_adata(adata)
-    key_added = "whitened" if key_added is None else str(key_added)
-    obsm_key = f"X_{key_added}"
-    if obsm_key == use_rep:
-        raise ValueError(
-            f"`key_added={key_added!r}` would overwrite the input adata.obsm[{use_rep!r}]; choose another."
-        )
-    X = get_rep(adata, use_rep)
+    key = stem(key_added, "whitened")
+    obsm_key = f"X_{key}"
+    check_nonnegative(eps, "eps")
+    check_bool(unit_norm, "unit_norm")
+    X = embedding(adata, use_rep)
+    claim(adata, key, kind="whitening", inputs=[use_rep])
     mask = _control_mask(adata, control_key, control_value, controls)
     n_ctrl = int(mask.sum())
-    d = X.shape[1]
-    if n_ctrl < 2:
-        raise ValueError(
-            f"Whitening needs at least 2 control cells, found {n_ctrl}. Check `control_key`/`control_value`."
-        )
-    if n_comps is not None and not 1 <= int(n_comps) <= d:
-        raise ValueError(f"`n_comps` must be between 1 and the embedding dimension {d}, got {n_comps}.")
-    if eps < 0:
-        raise ValueError(f"`eps` must be non-negative, got {eps}.")
-    kept = d if n_comps is None else int(n_comps)
-    rank = n_ctrl - 1
-    if kept > rank:
-        warnings.warn(
-            f"Only {n_ctrl} control cells for {d} dimensions: the control covariance has rank at most {rank}, so "
-            f"{kept - rank} of the {kept} whitened directions have no control variance and are regularised with "
-            f"eps={eps:g} (which amplifies them by up to {1 / np.sqrt(eps) if eps > 0 else np.inf:.3g}x). "
-            f"Pass n_comps<={rank} to drop them, or a larger eps.",
-            UserWarning,
-            stacklevel=2,
-        )
-    if eps == 0 and kept > rank:
-        raise ValueError("With eps=0 and fewer controls than dimensions the whitening is singular; set eps > 0.")
-
+    _check_controls(n_ctrl, X.shape[1], n_comps, eps)
     white = fit_whitening(X, mask, n_comps=n_comps, eps=eps, unit_norm=unit_norm)
     Y = white.transform(X)
-
-    adata = adata.copy() if copy else adata
-    view_to_actual(adata)
+    stale = [k for k in _stale_dictionaries(adata, obsm_key) if is_whitening(adata.uns.get(key))]
+    if stale:
+        warn(
+            f"Replacing adata.obsm[{obsm_key!r}], the input of dictionaries {', '.join(map(repr, stale))}. They keep "
+            "the previous whitening and apply it to the unwhitened embedding when they encode."
+        )
     adata.obsm[obsm_key] = Y
     entry = white.to_dict()
-    entry["params"] = plain_params(
-        {
-            "method": WHITEN_METHOD,
-            "use_rep": use_rep,
-            "obsm_key": obsm_key,
-            "control_key": control_key,
-            "control_value": (
-                json.dumps([plain(v) for v in control_value])
-                if isinstance(control_value, list | tuple | np.ndarray | pd.Index)
-                else plain(control_value)
-            ),
-            "n_controls": n_ctrl,
-            "n_comps": white.n_comps,
-            "eps": eps,
-            "unit_norm": unit_norm,
-            "featurelens_version": version(),
-        }
-    )
-    adata.uns[key_added] = entry
-    return adata if copy else None
+    entry["params"] = _whitening_params(use_rep, obsm_key, control_key, control_value, n_ctrl, white, eps, unit_norm)
+    adata.uns[key] = entry
 
 
+@tool
+@doc
 def apply_whitening(
     adata: AnnData,
     key: str = "whitened",
@@ -216,8 +225,7 @@ def apply_whitening(
     source: AnnData | None = None,
     use_rep: str | None = None,
     key_added: str | None = None,
-    copy: bool = False,
-) -> AnnData | None:
+) -> None:
     """Apply a whitening fitted by :func:`whiten` to (new) data.
 
     Parameters
@@ -231,13 +239,11 @@ def apply_whitening(
     use_rep
         Embedding to transform (default: the one the whitening was fitted on).
     key_added
-        Name of the result (default: ``key``).
-    copy
-        Return a copy instead of writing to ``adata``.
+        Stem of the result names (default: ``key``).
 
     Returns
     -------
-    ``None``, or a copy of ``adata`` when ``copy=True``.
+    {doc_returns_tool}
 
     Sets the following fields:
 
@@ -248,43 +254,46 @@ def apply_whitening(
 
     Examples
     --------
-    >>> fl.pp.whiten(ref, "X_pca", control_key="perturbation", control_value="control")
+    >>> import featurelens as fl
+    >>> ref = fl.datasets.kang2018(preprocess=True)
+    >>> query = ref[:100].copy()
+    >>> fl.pp.whiten(ref, "X_pca", control_key="condition", control_value="CTRL")
     >>> fl.pp.apply_whitening(query, "whitened", source=ref)
+    >>> bool(abs(query.obsm["X_whitened"] - ref.obsm["X_whitened"][:100]).max() < 1e-4)
+    True
     """
-    check_adata(adata)
     src = adata if source is None else source
-    if key not in src.uns or not isinstance(src.uns[key], dict) or "components" not in src.uns[key]:
+    if not is_whitening(src.uns.get(key)):
         raise ValueError(f"No whitening stored under uns[{key!r}]; run `fl.pp.whiten(..., key_added={key!r})` first.")
     entry = src.uns[key]
-    params = entry.get("params", {})
-    use_rep = params.get("use_rep", "X_pca") if use_rep is None else use_rep
-    key_added = key if key_added is None else key_added
-    X = get_rep(adata, use_rep)
+    use_rep = entry["params"].get("use_rep", "X_pca") if use_rep is None else use_rep
+    key_added = stem(key_added, key)
+    X = embedding(adata, use_rep)
     white = Whitening.from_dict(entry)
     if X.shape[1] != white.mean.shape[0]:
         raise ValueError(
             f"adata.obsm[{use_rep!r}] has {X.shape[1]} dimensions but the whitening was fitted on "
             f"{white.mean.shape[0]}; use the same embedding (e.g. project with the same PCA)."
         )
-    Y = white.transform(X)
-    adata = adata.copy() if copy else adata
-    view_to_actual(adata)
-    adata.obsm[f"X_{key_added}"] = Y
-    if src is not adata or key_added != key:
+    copy_entry = src is not adata or key_added != key
+    if copy_entry:
+        claim(adata, key_added, kind="whitening", inputs=[use_rep])
+    adata.obsm[f"X_{key_added}"] = white.transform(X)
+    if copy_entry:
         new = {k: (v.copy() if isinstance(v, np.ndarray | dict) else v) for k, v in entry.items()}
         new["params"] = dict(entry.get("params", {}), use_rep=use_rep, obsm_key=f"X_{key_added}")
         adata.uns[key_added] = new
-    return adata if copy else None
 
 
+@tool
+@doc
 def normalize_embedding(
     adata: AnnData,
     use_rep: str = "X_pca",
     *,
     method: str = "unit",
     key_added: str | None = None,
-    copy: bool = False,
-) -> AnnData | None:
+) -> None:
     """Normalise an embedding: centre, scale, standardise or scale rows to unit norm.
 
     The dictionary learners apply the same normalisations internally (``normalize=``) and
@@ -292,37 +301,39 @@ def normalize_embedding(
 
     Parameters
     ----------
-    adata
-        Annotated data matrix.
+    {doc_adata}
     use_rep
         Key of the embedding in ``adata.obsm``.
     method
         ``"center"``, ``"scale"`` (one global factor giving average per-dimension variance 1),
         ``"standardize"`` (per-dimension z-scores) or ``"unit"`` (rows to unit L2 norm).
     key_added
-        The result goes to ``adata.obsm[key_added]`` (default ``f"{use_rep}_{method}"``).
-    copy
-        Return a copy instead of writing to ``adata``.
+        Stem of the result: ``adata.obsm[f"X_{key_added}"]`` (default: ``use_rep`` without its
+        ``"X_"`` prefix, then ``f"_{method}"``, e.g. ``X_pca_unit``). A full obsm key (``"X_..."``)
+        still works in this release, with a FutureWarning.
 
     Returns
     -------
-    ``None``, or a copy of ``adata`` when ``copy=True``.
+    {doc_returns_tool}
 
     Sets the following fields:
 
-    ``adata.obsm[key_added]`` : :class:`numpy.ndarray`, float32
+    ``adata.obsm[f"X_{key_added}"]`` : :class:`numpy.ndarray`, float32
         The normalised embedding.
 
     Examples
     --------
+    >>> import numpy as np, featurelens as fl
+    >>> adata = fl.datasets.kang2018(preprocess=True)
     >>> fl.pp.normalize_embedding(adata, "X_pca", method="unit")
+    >>> bool(np.allclose(np.linalg.norm(adata.obsm["X_pca_unit"], axis=1), 1, atol=1e-5))
+    True
     """
-    check_adata(adata)
-    X = get_rep(adata, use_rep)
-    if method in (None, "none"):
-        raise ValueError("`method='none'` does nothing; choose 'center', 'scale', 'standardize' or 'unit'.")
+    check_choice(method, "method", [m for m in NORMALIZE_OPTIONS if m != "none"])
+    base = use_rep[2:] if use_rep.startswith("X_") else "" if use_rep == "X" else f"{use_rep}_"
+    default = f"{base}_{method}" if use_rep.startswith("X_") else f"{base}{method}"
+    name = stem(key_added, default, legacy_obsm=True)
+    X = embedding(adata, use_rep)
+    claim(adata, name, kind=None, inputs=[use_rep])
     Y, _ = Normalizer.fit(X, method).transform(X)
-    adata = adata.copy() if copy else adata
-    view_to_actual(adata)
-    adata.obsm[key_added or f"{use_rep}_{method}"] = Y
-    return adata if copy else None
+    adata.obsm[f"X_{name}"] = Y

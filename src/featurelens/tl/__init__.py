@@ -1,31 +1,21 @@
 """Tools: learn dictionaries on embeddings and annotate their features.
 
-Every tool takes an AnnData or a MuData (embedding and dictionary on the MuData, expression in the
-modality chosen with ``mod=``).
+Every tool takes an AnnData (or a MuData: the embedding and the dictionary on the MuData, the
+expression in the modality chosen with ``mod=``) and the key of what it reads as its first
+arguments, takes its options as keywords, writes its results into the object and returns None
+(with ``copy=True``: a new object holding the results, leaving the input untouched). Results are
+read back with :mod:`featurelens.get`.
 """
 
-from .._mudata import mudata_aware
-from . import _concepts, _dge, _dictionary, _enrich, _features, _probe, _recovery, _steer
-from ._concepts import FeatureMatch, match_features
-
-concept_space = mudata_aware(_concepts.concept_space)
-probe_concepts = mudata_aware(_concepts.probe_concepts)
-high_vs_low = mudata_aware(_dge.high_vs_low)
-encode = mudata_aware(_dictionary.encode)
-icfl = mudata_aware(_dictionary.icfl)
-reconstruct = mudata_aware(_dictionary.reconstruct)
-sae = mudata_aware(_dictionary.sae)
-enrich = mudata_aware(_enrich.enrich)
-gsea = mudata_aware(_enrich.gsea)
-feature_stats = mudata_aware(_features.feature_stats)
-feature_types = mudata_aware(_features.feature_types)
-selectivity = mudata_aware(_features.selectivity)
-linear_probe = mudata_aware(_probe.linear_probe)
-steer = mudata_aware(_steer.steer)
-autoencoder = mudata_aware(_recovery.autoencoder)
-superposition = mudata_aware(_recovery.superposition)
-structure_recovery = mudata_aware(_recovery.structure_recovery)
-variable_recovery = mudata_aware(_recovery.variable_recovery)
+from ._concepts import FeatureMatch, concept_space, match_features, probe_concepts
+from ._dge import high_vs_low
+from ._dictionary import encode, icfl, reconstruct, sae
+from ._enrich import enrich, gsea
+from ._features import feature_stats, feature_types, selectivity
+from ._probe import linear_probe
+from ._recovery import autoencoder, structure_recovery, superposition, variable_recovery
+from ._steer import steer
+from ._tokens import token_scores
 
 __all__ = [
     "FeatureMatch",
@@ -47,5 +37,6 @@ __all__ = [
     "steer",
     "structure_recovery",
     "superposition",
+    "token_scores",
     "variable_recovery",
 ]

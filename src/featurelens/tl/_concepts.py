@@ -10,60 +10,24 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from .._utils import check_adata, plain_params, version
-from ._dictionary import _get_entry, _preprocess_of
-from ._enrich import TESTS
+from .._checks import check_choice, check_choices, check_int, check_number, check_positive
+from .._core import (
+    TESTS,
+    as_anndata,
+    check_adata,
+    doc,
+    get_entry,
+    input_space_directions,
+    invalidate,
+    is_mudata,
+    significant_terms,
+    tool,
+    tool_params,
+    warn,
+)
 
 CATEGORY_BY = ("level1", "slim")
 UNASSIGNED = "unassigned"
-
-
-# ----------------------------------------------------------------------------- selecting significant terms
-def _tests(test) -> list[str]:
-    tests = [test] if isinstance(test, str) else list(test)
-    unknown = [t for t in tests if t not in TESTS]
-    if unknown or not tests:
-        raise ValueError(f"Unknown test(s) {unknown}; choose one or several of {TESTS}.")
-    return tests
-
-
-def significant_terms(
-    entry: dict,
-    key: str,
-    *,
-    test="mwu",
-    pval_cutoff: float = 0.01,
-    adjusted: bool = False,
-    direction: str | None = None,
-) -> pd.DataFrame:
-    """Rows ``(feature, term, name)`` of the stored enrichment table that pass the cut (unique pairs)."""
-    if "enrichment" not in entry:
-        raise ValueError(f"No enrichment results for {key!r}; run `fl.tl.enrich(adata, {key!r})` first.")
-    tests = _tests(test)
-    if not 0 < pval_cutoff <= 1:
-        raise ValueError(f"pval_cutoff must lie in (0, 1], got {pval_cutoff}.")
-    if direction not in (None, "up", "down"):
-        raise ValueError(f"direction must be None, 'up' or 'down', got {direction!r}.")
-    store = entry["enrichment"]["params"].get("store_pval", 1.0)
-    if pval_cutoff > store:
-        raise ValueError(
-            f"The enrichment table holds rows with p < {store:g} only, so pval_cutoff={pval_cutoff:g} cannot be "
-            f"applied; rerun `fl.tl.enrich(adata, {key!r}, store_pval={pval_cutoff:g})` or lower pval_cutoff."
-        )
-    res = entry["enrichment"]["results"]
-    have = set(res["test"].astype(str))
-    absent = [t for t in tests if t not in have]
-    if len(absent) == len(tests):
-        raise ValueError(
-            f"The enrichment results of {key!r} hold no {tests} rows (tests present: {sorted(have)}); "
-            "pass test= one of those or rerun `fl.tl.enrich` with the method."
-        )
-    p = res["padj"] if adjusted else res["pval"]
-    keep = res["test"].astype(str).isin(tests).to_numpy() & (p.to_numpy() < pval_cutoff)
-    if direction is not None:
-        keep &= res["direction"].astype(str).to_numpy() == direction
-    sel = res.loc[keep, ["feature", "term", "name"]].astype(str)
-    return sel.drop_duplicates(["feature", "term"]).reset_index(drop=True)
 
 
 def _binary(sel: pd.DataFrame, features: pd.Index, terms: pd.Index) -> sp.csr_matrix:
@@ -77,19 +41,15 @@ def _term_categories(terms: pd.Index, by: str | None, dag) -> pd.DataFrame:
     """Long (term, category name) table; terms outside the GO graph get none."""
     if by is None:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in ("term", "category", "category_name")})
-    if by not in CATEGORY_BY:
-        raise ValueError(f"category must be one of {CATEGORY_BY} or None, got {by!r}.")
     if dag is None:
         from ..datasets import go_dag
 
         dag = go_dag()
     cats = dag.categories(terms, by=by)
     if len(terms) and cats.empty:
-        warnings.warn(
+        warn(
             "None of the enriched terms is in the GO graph (are the gene sets GO terms?); every feature's "
-            f"category is {UNASSIGNED!r}. Pass `dag=` a matching graph or `category=None`.",
-            UserWarning,
-            stacklevel=3,
+            f"category is {UNASSIGNED!r}. Pass `dag=` a matching graph or `category=None`."
         )
     return cats
 
@@ -124,116 +84,13 @@ def _resolve_tests_params(entry: dict, test, pval_cutoff, adjusted, direction) -
 
 
 # ----------------------------------------------------------------------------- concept space
-def concept_space(
-    adata: AnnData,
-    key: str = "sae",
-    *,
-    test: str | tuple[str, ...] = "mwu",
-    pval_cutoff: float = 0.01,
-    adjusted: bool = False,
-    direction: str | None = None,
-    category: str | None = "level1",
-    exclude_categories=(),
-    dag=None,
-    n_neighbors: int = 10,
-    min_dist: float = 1.0,
-    spread: float = 10.0,
-    metric: str = "euclidean",
-    random_state: int = 0,
-) -> None:
-    """Map features into a concept space: their significant GO terms, embedded with UMAP.
-
-    Each feature with at least one significant term becomes a binary vector over the unique terms
-    (1 where the term passed the cut for that feature), and the feature x term matrix is embedded
-    with UMAP, as in the SAE paper's Figure 3 (p < 0.01, 10 neighbours, ``min_dist=1``,
-    ``spread=10``, seed 0). Each feature is coloured by the most common level-1 GO ancestor (a child of
-    the BP, MF or CC root) over all its terms; every level-1 ancestor of every term counts once per
-    term, and a tie goes to the category that is rarer among all terms of the space (the more specific
-    one), then alphabetically.
-
-    Parameters
-    ----------
-    adata
-        Annotated data matrix with enrichment results (:func:`featurelens.tl.enrich`).
-    key
-        Key of the dictionary.
-    test
-        Enrichment test(s) whose terms count: ``"mwu"``, ``"binomial"``, ``"binomial_up"``,
-        ``"binomial_down"``, ``"gsea"``, or several (union).
-    pval_cutoff
-        A term is significant for a feature when its p (or adjusted p) is below this.
-    adjusted
-        Use the BH-adjusted p instead of p.
-    direction
-        Keep only ``"up"`` or ``"down"`` terms (default: both).
-    category
-        ``"level1"`` (children of the namespace roots), ``"slim"`` (GO-slim generic ancestors) or ``None``.
-    exclude_categories
-        Category GO ids or names not to count (e.g. ``["cellular process", "biological regulation"]``,
-        the two level-1 BP terms that most terms descend from); a feature whose terms have no other
-        category is ``"unassigned"``.
-    dag
-        A :class:`featurelens.io.GODag`; default the bundled release (:func:`featurelens.datasets.go_dag`).
-    n_neighbors, min_dist, spread, metric, random_state
-        Passed to :class:`umap.UMAP` (``n_neighbors`` is capped at the number of features minus one).
-
-    Returns
-    -------
-    ``None``.
-
-    Sets the following fields:
-
-    ``adata.uns[key]["concept_space"]["obs"]`` : :class:`pandas.DataFrame`
-        One row per annotated feature: ``umap1``, ``umap2``, ``category``, ``n_terms``.
-    ``adata.uns[key]["concept_space"]["terms"]`` : :class:`pandas.DataFrame`
-        One row per term (GO id): ``name``, ``category`` (its categories, ``"; "``-joined) and
-        ``n_features``.
-    ``adata.uns[key]["concept_space"]["matrix"]`` : :class:`scipy.sparse.csr_matrix`
-        The binary feature x term matrix (float32).
-    ``adata.uns[key]["concept_space"]["params"]`` : :class:`dict`
-        The options used.
-    ``adata.uns[key]["features"]["category"]``, ``["n_terms"]``
-        The category (missing for features without terms) and the number of significant terms.
-
-    Examples
-    --------
-    >>> fl.tl.enrich(adata, "sae", "GO_BP")
-    >>> fl.tl.concept_space(adata, "sae")
-    >>> fdata = fl.get.concept_adata(adata, "sae")
-    >>> sc.pl.umap(fdata, color=["category", "type"])
-    """
+def _umap(M: sp.csr_matrix, *, n_neighbors, min_dist, spread, metric, random_state) -> np.ndarray:
+    """2-D UMAP coordinates of the rows of the binary feature x term matrix."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ImportWarning)  # ParametricUMAP needs tensorflow; not used here
         import umap
 
-    check_adata(adata)
-    entry = _get_entry(adata, key)
-    for name, value in (("n_neighbors", n_neighbors), ("random_state", random_state)):
-        if isinstance(value, bool) or not isinstance(value, int | np.integer):
-            raise TypeError(f"{name} must be an integer, got {value!r}.")
-    if n_neighbors < 2:
-        raise ValueError(f"n_neighbors must be >= 2, got {n_neighbors}.")
-    sel = significant_terms(entry, key, test=test, pval_cutoff=pval_cutoff, adjusted=adjusted, direction=direction)
-    all_features = entry["features"].index.astype(str)
-    features = pd.Index([f for f in all_features if f in set(sel["feature"])], name="feature")
-    if len(features) < 4:
-        raise ValueError(
-            f"Only {len(features)} feature(s) have a term with {'padj' if adjusted else 'p'} < {pval_cutoff:g} "
-            f"in test {test!r}; a concept space needs at least 4. Relax pval_cutoff, set adjusted=False or use "
-            "more tests."
-        )
-    names = sel.drop_duplicates("term").set_index("term")["name"]
-    terms = pd.Index(sorted(names.index), name="term")
-    M = _binary(sel, features, terms)
-
-    cats = _term_categories(terms, category, dag)
-    excluded = {exclude_categories} if isinstance(exclude_categories, str) else set(exclude_categories)
-    if excluded:
-        cats = cats[~(cats["category"].isin(excluded) | cats["category_name"].isin(excluded))]
-    feat_cat = _feature_categories(sel, cats, features)
-    term_cat = cats.groupby("term")["category_name"].agg("; ".join).reindex(terms).fillna(UNASSIGNED)
-
-    n = len(features)
+    n = M.shape[0]
     reducer = umap.UMAP(
         n_neighbors=int(min(n_neighbors, n - 1)),
         min_dist=min_dist,
@@ -251,7 +108,11 @@ def concept_space(
             coords = reducer.fit_transform(M)
     if not np.isfinite(coords).all():
         raise RuntimeError("UMAP returned non-finite coordinates; try another metric or random_state.")
+    return coords
 
+
+def _concept_tables(sel, features, terms, names, M, feat_cat, term_cat, coords):
+    """The ``obs`` (features) and ``terms`` tables of the concept space."""
     n_terms = np.asarray(M.sum(1)).ravel().astype(np.int64)
     levels = sorted(set(feat_cat))
     obs = pd.DataFrame(
@@ -272,41 +133,166 @@ def concept_space(
         },
         index=pd.Index(terms.astype(str), name=None),
     )
-    tests = _tests(test)
-    entry["concept_space"] = {
-        "obs": obs,
-        "terms": term_table,
-        "matrix": M,
-        "params": plain_params(
-            {
-                "test": ",".join(tests),
-                "pval_cutoff": float(pval_cutoff),
-                "adjusted": bool(adjusted),
-                "direction": direction or "",
-                "category": category or "",
-                "exclude_categories": ",".join(sorted(excluded)),
-                "n_neighbors": int(n_neighbors),
-                "min_dist": float(min_dist),
-                "spread": float(spread),
-                "metric": str(metric),
-                "random_state": int(random_state),
-                "n_features": int(n),
-                "n_terms": len(terms),
-                "featurelens_version": version(),
-            }
-        ),
-    }
-    table = entry["features"]
-    pos = pd.Index(all_features).get_indexer(features)
+    return obs, term_table
+
+
+def _mirror_into_features(table: pd.DataFrame, obs: pd.DataFrame) -> None:
+    """The category and the number of terms of every feature (missing / 0 outside the space)."""
+    pos = pd.Index(table.index.astype(str)).get_indexer(obs.index)
+    levels = list(obs["category"].cat.categories)
     codes = np.full(len(table), -1, dtype=np.int64)
     codes[pos] = obs["category"].cat.codes.to_numpy()
     table["category"] = pd.Categorical.from_codes(codes, categories=levels)
     nt = np.zeros(len(table), dtype=np.int64)
-    nt[pos] = n_terms
+    nt[pos] = obs["n_terms"].to_numpy()
     table["n_terms"] = nt
 
 
+def _check_concept_options(n_neighbors, random_state, category, min_dist, spread) -> None:
+    check_int(n_neighbors, "n_neighbors", minimum=2)
+    check_int(random_state, "random_state")
+    check_choice(category, "category", CATEGORY_BY, none=True)
+    check_number(min_dist, "min_dist", minimum=0.0)
+    check_positive(spread, "spread")
+
+
+@tool
+@doc
+def concept_space(
+    adata: AnnData,
+    key: str,
+    *,
+    test: str | tuple[str, ...] = "mwu",
+    pval_cutoff: float = 0.01,
+    adjusted: bool = False,
+    direction: str | None = None,
+    category: str | None = "level1",
+    exclude_categories=(),
+    dag=None,
+    n_neighbors: int = 10,
+    min_dist: float = 1.0,
+    spread: float = 10.0,
+    metric: str = "euclidean",
+    random_state: int = 0,
+    progress: bool = True,
+) -> None:
+    """Map features into a concept space: their significant GO terms, embedded with UMAP.
+
+    Each feature with at least one significant term becomes a binary vector over the unique terms
+    (1 where the term passed the cut for that feature), and the feature x term matrix is embedded
+    with UMAP, as in the SAE paper's Figure 3 (p < 0.01, 10 neighbours, ``min_dist=1``,
+    ``spread=10``, seed 0). Each feature is coloured by the most common level-1 GO ancestor (a child of
+    the BP, MF or CC root) over all its terms; every level-1 ancestor of every term counts once per
+    term, and a tie goes to the category that is rarer among all terms of the space (the more specific
+    one), then alphabetically.
+
+    Parameters
+    ----------
+    adata
+        Annotated data matrix with enrichment results (:func:`featurelens.tl.enrich`).
+    {doc_key}
+    test
+        Enrichment test(s) whose terms count: ``"mwu"``, ``"binomial"``, ``"binomial_up"``,
+        ``"binomial_down"``, ``"gsea"``, or several (union).
+    {doc_pval_cutoff}
+    {doc_adjusted}
+    direction
+        Keep only ``"up"`` or ``"down"`` terms (default: both).
+    category
+        ``"level1"`` (children of the namespace roots), ``"slim"`` (GO-slim generic ancestors) or ``None``.
+    exclude_categories
+        Category GO ids or names not to count (e.g. ``["cellular process", "biological regulation"]``,
+        the two level-1 BP terms that most terms descend from); a feature whose terms have no other
+        category is ``"unassigned"``.
+    dag
+        A :class:`featurelens.io.GODag`; default the bundled release (:func:`featurelens.datasets.go_dag`).
+    n_neighbors, min_dist, spread, metric
+        Passed to :class:`umap.UMAP` (``n_neighbors`` is capped at the number of features minus one).
+    random_state
+        Seed of the UMAP layout.
+    {doc_progress}
+
+    Returns
+    -------
+    {doc_returns_tool}
+
+    Sets the following fields:
+
+    ``adata.uns[key]["concept_space"]["obs"]`` : :class:`pandas.DataFrame`
+        One row per annotated feature: ``umap1``, ``umap2``, ``category``, ``n_terms``.
+    ``adata.uns[key]["concept_space"]["terms"]`` : :class:`pandas.DataFrame`
+        One row per term (GO id): ``name``, ``category`` (its categories, ``"; "``-joined) and
+        ``n_features``.
+    ``adata.uns[key]["concept_space"]["matrix"]`` : :class:`scipy.sparse.csr_matrix`
+        The binary feature x term matrix (float32).
+    ``adata.uns[key]["concept_space"]["params"]`` : :class:`dict`
+        The options used.
+    ``adata.uns[key]["features"]["category"]``, ``["n_terms"]``
+        The category (missing for features without terms) and the number of significant terms.
+
+    Examples
+    --------
+    >>> import featurelens as fl
+    >>> adata = fl.datasets.kang2018(preprocess=True)
+    >>> fl.tl.sae(adata, "X_pca", n_features=32, n_steps=200, progress=False)
+    >>> fl.tl.high_vs_low(adata, "sae", progress=False)
+    >>> fl.tl.enrich(adata, "sae", "GO_BP", methods="mwu", progress=False)
+    >>> fl.tl.concept_space(adata, "sae", progress=False)
+    >>> fl.get.concept_adata(adata, "sae").obsm["X_umap"].shape[1]
+    2
+    """
+    from tqdm.auto import tqdm
+
+    _check_concept_options(n_neighbors, random_state, category, min_dist, spread)
+    entry = get_entry(adata, key)
+    tests = list(check_choices(test, "test", TESTS))
+    bar = tqdm(total=3, desc="concept space: terms", disable=not progress, leave=False)
+    sel = significant_terms(entry, key, test=tests, pval_cutoff=pval_cutoff, adjusted=adjusted, direction=direction)
+    features = pd.Index([f for f in entry["features"].index.astype(str) if f in set(sel["feature"])], name="feature")
+    if len(features) < 4:
+        raise ValueError(
+            f"Only {len(features)} feature(s) have a term with {'padj' if adjusted else 'p'} < {pval_cutoff:g} "
+            f"in test {test!r}; a concept space needs at least 4. Relax pval_cutoff, set adjusted=False or use "
+            "more tests."
+        )
+    names = sel.drop_duplicates("term").set_index("term")["name"]
+    terms = pd.Index(sorted(names.index), name="term")
+    M = _binary(sel, features, terms)
+    bar.update(1)
+    bar.set_description("concept space: categories")
+    cats = _term_categories(terms, category, dag)
+    excluded = {exclude_categories} if isinstance(exclude_categories, str) else set(exclude_categories)
+    if excluded:
+        cats = cats[~(cats["category"].isin(excluded) | cats["category_name"].isin(excluded))]
+    feat_cat = _feature_categories(sel, cats, features)
+    term_cat = cats.groupby("term")["category_name"].agg("; ".join).reindex(terms).fillna(UNASSIGNED)
+    bar.update(1)
+    bar.set_description("concept space: UMAP")
+    coords = _umap(
+        M, n_neighbors=n_neighbors, min_dist=min_dist, spread=spread, metric=metric, random_state=random_state
+    )
+    bar.update(1)
+    bar.close()
+    obs, term_table = _concept_tables(sel, features, terms, names, M, feat_cat, term_cat, coords)
+    params = tool_params(
+        test=",".join(tests), pval_cutoff=float(pval_cutoff), adjusted=bool(adjusted), direction=direction or "",
+        category=category or "", exclude_categories=",".join(sorted(excluded)), n_neighbors=int(n_neighbors),
+        min_dist=float(min_dist), spread=float(spread), metric=str(metric), random_state=int(random_state),
+        n_features=len(features), n_terms=len(terms),
+    )  # fmt: skip
+    invalidate(adata, key, "concept_space")
+    entry["concept_space"] = {
+        "obs": obs,
+        "terms": term_table,
+        "matrix": M,
+        "params": params,
+    }
+    _mirror_into_features(entry["features"], obs)
+
+
 # ----------------------------------------------------------------------------- probing words
+@tool
+@doc
 def probe_concepts(
     adata: AnnData,
     key: str,
@@ -330,8 +316,7 @@ def probe_concepts(
     ----------
     adata
         Annotated data matrix with enrichment results.
-    key
-        Key of the dictionary.
+    {doc_key}
     words
         A word or a list of words (substrings of term names).
     test, pval_cutoff, adjusted, direction
@@ -343,7 +328,7 @@ def probe_concepts(
 
     Returns
     -------
-    ``None``.
+    {doc_returns_tool}
 
     Sets the following fields:
 
@@ -355,11 +340,16 @@ def probe_concepts(
 
     Examples
     --------
-    >>> fl.tl.probe_concepts(adata, "sae", ["interferon", "ribosom", "cell cycle"])
-    >>> fl.get.features(adata, "sae").query("concept_interferon")
+    >>> import featurelens as fl
+    >>> adata = fl.datasets.kang2018(preprocess=True)
+    >>> fl.tl.sae(adata, "X_pca", n_features=32, n_steps=200, progress=False)
+    >>> fl.tl.high_vs_low(adata, "sae", progress=False)
+    >>> fl.tl.enrich(adata, "sae", "GO_BP", methods="mwu", progress=False)
+    >>> fl.tl.probe_concepts(adata, "sae", ["interferon", "ribosom"])
+    >>> fl.get.features(adata, "sae")["concept_interferon"].dtype
+    dtype('bool')
     """
-    check_adata(adata)
-    entry = _get_entry(adata, key)
+    entry = get_entry(adata, key)
     words = [words] if isinstance(words, str) else list(words)
     if not words or not all(isinstance(w, str) and w for w in words):
         raise ValueError(f"words must be a non-empty string or list of non-empty strings, got {words!r}.")
@@ -369,14 +359,13 @@ def probe_concepts(
     names = table.index.astype(str)
     rows = []
     for w in words:
-        hit = sel["name"].str.contains(w, case=case, regex=regex)
-        feats = set(sel.loc[hit.to_numpy(), "feature"])
+        hit = sel["name"].str.contains(w, case=case, regex=regex).to_numpy()
+        feats = set(sel.loc[hit, "feature"])
         table[f"concept_{w}"] = names.isin(feats)
-        rows.append({"word": w, "n_features": len(feats), "n_terms": int(sel.loc[hit.to_numpy(), "term"].nunique())})
+        rows.append({"word": w, "n_features": len(feats), "n_terms": int(sel.loc[hit, "term"].nunique())})
     probes = pd.DataFrame(rows).set_index("word")
     probes.index.name = None
-    tests = _tests(opts["test"])
-    probes["test"] = ",".join(tests)
+    probes["test"] = ",".join(check_choices(opts["test"], "test", TESTS))
     probes["pval_cutoff"] = float(opts["pval_cutoff"])
     probes["adjusted"] = bool(opts["adjusted"])
     old = entry.get("concept_probes")
@@ -391,21 +380,6 @@ class FeatureMatch(NamedTuple):
 
     pairs: pd.DataFrame
     score: float
-
-
-def _input_space_directions(entry: dict) -> np.ndarray:
-    """Unit feature directions in the space the dictionary's input embedding lives in.
-
-    The stored decoder rows live in the dictionary's own (normalised, possibly whitened) space: per-dimension
-    scales are undone (a per-row or global scale does not change a direction), then the whitening by its
-    linear inverse.
-    """
-    pre = _preprocess_of(entry)
-    D = np.asarray(entry["decoder"], dtype=np.float64) * np.asarray(pre.normalizer.scale, dtype=np.float64)
-    if pre.whitening is not None:
-        D = np.asarray(pre.whitening.inverse_linear(D), dtype=np.float64)
-    norms = np.linalg.norm(D, axis=1, keepdims=True)
-    return D / np.where(norms > 0, norms, 1.0)
 
 
 def match_features(
@@ -465,13 +439,12 @@ def match_features(
     """
     from scipy.optimize import linear_sum_assignment
 
-    from .._mudata import as_anndata, is_mudata
-
     adata_a = as_anndata(adata_a, mod) if is_mudata(adata_a) else adata_a
     adata_b = as_anndata(adata_b, mod) if is_mudata(adata_b) else adata_b
     check_adata(adata_a)
     check_adata(adata_b)
-    ea, eb = _get_entry(adata_a, key_a), _get_entry(adata_b, key_b)
+    ea, eb = get_entry(adata_a, key_a), get_entry(adata_b, key_b)
+    check_choice(by, "by", ("terms", "decoder"))
     if by == "terms":
         sa = significant_terms(ea, key_a, test=test, pval_cutoff=pval_cutoff, adjusted=adjusted, direction=direction)
         sb = significant_terms(eb, key_b, test=test, pval_cutoff=pval_cutoff, adjusted=adjusted, direction=direction)
@@ -488,7 +461,7 @@ def match_features(
         sim = shared / (na[:, None] + nb[None, :] - shared)
         extra = {"na": na, "nb": nb, "shared": shared}
     elif by == "decoder":
-        Da, Db = _input_space_directions(ea), _input_space_directions(eb)
+        Da, Db = input_space_directions(ea), input_space_directions(eb)
         if Da.shape[1] != Db.shape[1]:
             raise ValueError(
                 f"The decoders live in spaces of different dimension ({Da.shape[1]} vs {Db.shape[1]}); "
@@ -496,11 +469,9 @@ def match_features(
             )
         ra, rb = ea["params"].get("use_rep"), eb["params"].get("use_rep")
         if ra != rb:
-            warnings.warn(
+            warn(
                 f"The dictionaries were trained on different embeddings ({ra!r} vs {rb!r}); decoder cosines "
-                "are only meaningful when these are the same space.",
-                UserWarning,
-                stacklevel=2,
+                "are only meaningful when these are the same space."
             )
         fa, fb = ea["features"].index.astype(str), eb["features"].index.astype(str)
         if live_only:

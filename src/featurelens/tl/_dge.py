@@ -2,94 +2,29 @@
 
 from __future__ import annotations
 
-import warnings
-from typing import Any
-
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from .._utils import check_adata, plain_params, version
+from .._checks import check_bool, check_number, check_positive_int, check_probability
+from .._core import (
+    activations,
+    doc,
+    expression,
+    get_entry,
+    group_codes,
+    invalidate,
+    resolve_features,
+    resolve_log1p,
+    tool,
+    tool_params,
+    warn,
+)
 from ..stats import bh_adjust, set_moments, welch_ttest
-from ._features import activations, group_codes
 
-
-def expression_matrix(adata: AnnData, layer: str | None):
-    """``adata.X`` or a layer, as CSR (sparse) or a dense array, validated."""
-    if layer is None:
-        X = adata.X
-        if X is None:
-            raise ValueError("adata.X is empty; pass `layer=` with the expression values.")
-    else:
-        if layer not in adata.layers:
-            have = ", ".join(map(repr, adata.layers.keys())) or "none"
-            raise ValueError(f"`layer={layer!r}` is not in adata.layers (layers present: {have}).")
-        X = adata.layers[layer]
-    if sp.issparse(X):
-        return sp.csr_matrix(X)
-    return np.asarray(X)
-
-
-def _looks_log1p(adata: AnnData, X, layer: str | None) -> bool:
-    if layer is None and "log1p" in adata.uns:
-        return True
-    data = X.data if sp.issparse(X) else np.asarray(X).ravel()
-    sample = data[: min(data.size, 200000)]
-    if sample.size == 0:
-        return False
-    integer = np.all(np.equal(np.mod(sample, 1), 0))
-    return bool(not integer and sample.max() < 50)
-
-
-def resolve_features(entry: dict, features) -> np.ndarray:
-    """Positions of the requested features (names like ``"f3"`` or integer positions)."""
-    names = entry["features"].index.astype(str)
-    if features is None:
-        return np.arange(len(names))
-    items = [features] if isinstance(features, str | int | np.integer) else list(features)
-    lookup = {n: i for i, n in enumerate(names)}
-    out = []
-    for f in items:
-        if isinstance(f, int | np.integer) and not isinstance(f, bool):
-            if not 0 <= f < len(names):
-                raise ValueError(f"Feature {f} is out of range: the dictionary has {len(names)} features.")
-            out.append(int(f))
-        elif str(f) in lookup:
-            out.append(lookup[str(f)])
-        else:
-            raise ValueError(f"Unknown feature {f!r}; features are named {names[0]!r} ... {names[-1]!r}.")
-    return np.asarray(out, dtype=np.int64)
-
-
-def _feature_groups(entry, Zc, codes, groups, feat_idx, groupby, min_high, min_low) -> np.ndarray:
-    """The group of every feature: its local group when typed with this groupby, else where it is most active.
-
-    "Most active" is the highest mean activation among the groups with at least ``min_high``
-    active and ``min_low`` inactive cells (among all groups when none qualifies).
-    """
-    n_groups = len(groups)
-    out = np.empty(len(feat_idx), dtype=np.int64)
-    feats = entry["features"]
-    typed = (
-        "type" in feats
-        and "group" in feats
-        and groupby in entry.get("feature_types", {})
-        and entry["feature_types"][groupby]["params"].get("groupby") == groupby
-    )
-    counts = np.bincount(codes, minlength=n_groups).astype(np.float64)
-    for j, f in enumerate(feat_idx):
-        if typed and feats["type"].iloc[f] == "local":
-            out[j] = groups.get_loc(str(feats["group"].iloc[f]))
-            continue
-        lo, hi = Zc.indptr[f], Zc.indptr[f + 1]
-        rows, vals = Zc.indices[lo:hi], Zc.data[lo:hi]
-        sums = np.bincount(codes[rows], weights=vals, minlength=n_groups)
-        n_act = np.bincount(codes[rows[vals > 0]], minlength=n_groups)
-        means = sums / np.maximum(counts, 1)
-        ok = (n_act >= min_high) & (counts - n_act >= min_low)
-        out[j] = int(np.argmax(np.where(ok, means, -np.inf))) if ok.any() else int(np.argmax(means))
-    return out
+_SUMMARY = ["n_high", "n_low", "group", "n_up", "n_down", "high_rule", "skipped"]
+_RESULT = ["feature", "gene", "log2fc", "t", "pval", "padj", "mean_high", "mean_low"]
 
 
 def _cell_sets(Zc, f, pool, high_quantile, n_low, min_high, min_low, rng):
@@ -118,18 +53,9 @@ def _cell_sets(Zc, f, pool, high_quantile, n_low, min_high, min_low, rng):
     return high, low, "", rule
 
 
-def _categorical(codes: np.ndarray, labels: pd.Index) -> pd.Categorical:
-    """Categorical of ``labels[codes]`` without going through strings (labels may repeat)."""
-    codes = codes.astype(np.int64)
-    if labels.is_unique:
-        return pd.Categorical.from_codes(codes, categories=labels).remove_unused_categories()
-    return pd.Categorical(np.asarray(labels)[codes])
-
-
 def _assemble_dge(tables: list[dict], names: pd.Index, genes: pd.Index) -> pd.DataFrame:
     """Long DGE table (sorted by feature, adjusted p and gene) from integer-coded columns."""
-    keys = ["feature", "gene", "log2fc", "t", "pval", "padj", "mean_high", "mean_low"]
-    cols = {k: np.concatenate([t[k] for t in tables]) if tables else np.zeros(0) for k in keys}
+    cols = {k: np.concatenate([t[k] for t in tables]) if tables else np.zeros(0) for k in _RESULT}
     order = np.lexsort((cols["gene"], cols["padj"], cols["feature"]))
     cols = {k: v[order] for k, v in cols.items()}
     lfc = cols["log2fc"]
@@ -141,15 +67,184 @@ def _assemble_dge(tables: list[dict], names: pd.Index, genes: pd.Index) -> pd.Da
             "gene": pd.Categorical.from_codes(
                 cols["gene"].astype(np.int32), categories=genes
             ).remove_unused_categories(),
-            **{k: cols[k].astype(np.float64) for k in keys[2:]},
+            **{k: cols[k].astype(np.float64) for k in _RESULT[2:]},
             "direction": pd.Categorical.from_codes((lfc > 0).astype(np.int8), categories=["down", "up"]),
         }
     )
 
 
+class _HighVsLow:
+    """One :func:`high_vs_low` call in named steps: choose cells, test a chunk of features, store.
+
+    The state (activations, expression, the group of every feature) is built once; every chunk
+    of features is tested with one sparse indicator x expression product.
+    """
+
+    def __init__(self, adata: AnnData, key: str, opts: dict):
+        self.adata, self.key, self.opts = adata, key, opts
+        self.entry = get_entry(adata, key)
+        self.Zc = activations(adata, key).tocsc()
+        self.X = expression(adata, opts["layer"], nonnegative=True)
+        self.log1p = resolve_log1p(adata, self.X, opts["layer"], opts["log1p"])
+        self.feat_idx = resolve_features(self.entry, opts["features"])
+        self.names = self.entry["features"].index.astype(str)
+        self.genes = adata.var_names.astype(str)
+        self.groupby = opts["groupby"]
+        if self.groupby is not None:
+            self.codes, self.groups = group_codes(adata, self.groupby, min_size=1)
+            self.fgroups = self._feature_groups()
+        self.lfc = np.full((adata.n_vars, len(self.names)), np.nan, dtype=np.float32)
+        self.summary: dict[str, list] = {c: [] for c in _SUMMARY}
+        self.tables: list[dict] = []
+        self.high_rows: list[np.ndarray] = []
+        self.high_cols: list[np.ndarray] = []
+
+    # ------------------------------------------------------------------ which cells
+    def _typed_groups(self) -> pd.Series | None:
+        """The local group of every feature from ``feature_types`` with this very ``groupby``."""
+        stored = self.entry.get("feature_types", {}).get(self.groupby)
+        table = stored.get("table") if isinstance(stored, dict) else None
+        if not isinstance(table, pd.DataFrame) or not {"type", "group"} <= set(table.columns):
+            return None
+        return table["group"].astype(object).where(table["type"].astype(str) == "local")
+
+    def _feature_groups(self) -> np.ndarray:
+        """The group of every feature: its local group when typed with this groupby, else where it is most active.
+
+        "Most active" is the highest mean activation among the groups with at least ``min_high``
+        active and ``min_low`` inactive cells (among all groups when none qualifies).
+        """
+        n_groups = len(self.groups)
+        local = self._typed_groups()
+        counts = np.bincount(self.codes, minlength=n_groups).astype(np.float64)
+        min_high, min_low = self.opts["min_high"], self.opts["min_low"]
+        out = np.empty(len(self.feat_idx), dtype=np.int64)
+        for j, f in enumerate(self.feat_idx):
+            g = None if local is None else local.iloc[f]
+            if g is not None and not pd.isna(g) and str(g) in self.groups:
+                out[j] = self.groups.get_loc(str(g))
+                continue
+            lo, hi = self.Zc.indptr[f], self.Zc.indptr[f + 1]
+            rows, vals = self.Zc.indices[lo:hi], self.Zc.data[lo:hi]
+            sums = np.bincount(self.codes[rows], weights=vals, minlength=n_groups)
+            n_act = np.bincount(self.codes[rows[vals > 0]], minlength=n_groups)
+            means = sums / np.maximum(counts, 1)
+            ok = (n_act >= min_high) & (counts - n_act >= min_low)
+            out[j] = int(np.argmax(np.where(ok, means, -np.inf))) if ok.any() else int(np.argmax(means))
+        return out
+
+    def _choose_cells(self, start: int, chunk: np.ndarray):
+        """High and low cells of every feature of a chunk; records the summary rows."""
+        o = self.opts
+        all_cells = np.arange(self.adata.n_obs)
+        highs, lows, tested = [], [], []
+        for j, f in enumerate(chunk):
+            pool = all_cells if self.groupby is None else np.flatnonzero(self.codes == self.fgroups[start + j])
+            rng = np.random.default_rng([int(o["random_state"]), int(f)])
+            high, low, reason, rule = _cell_sets(
+                self.Zc, f, pool, o["high_quantile"], o["n_low"], o["min_high"], o["min_low"], rng
+            )
+            self.summary["skipped"].append(reason)
+            self.summary["high_rule"].append(rule)
+            self.summary["n_high"].append(0 if high is None else int(high.size))
+            self.summary["n_low"].append(0 if low is None else int(low.size))
+            self.summary["group"].append(None if self.groupby is None else str(self.groups[self.fgroups[start + j]]))
+            if high is not None:
+                self.high_rows.append(np.full(high.size, start + j))
+                self.high_cols.append(high)
+                highs.append(high)
+                lows.append(low)
+                tested.append(j)
+        return highs, lows, tested
+
+    # ------------------------------------------------------------------ the test
+    def _test(self, chunk: np.ndarray, highs, lows, tested) -> tuple[np.ndarray, np.ndarray]:
+        """Welch t-test of every gene for the tested features of a chunk; returns the up/down counts."""
+        o = self.opts
+        n_up = np.zeros(len(chunk), dtype=np.int64)
+        n_down = np.zeros(len(chunk), dtype=np.int64)
+        if not tested:
+            return n_up, n_down
+        sets = highs + lows
+        rows = np.repeat(np.arange(len(sets)), [s.size for s in sets])
+        ind = sp.csr_matrix((np.ones(rows.size), (rows, np.concatenate(sets))), shape=(len(sets), self.adata.n_obs))
+        mom = set_moments(self.X, ind, transform=np.expm1 if self.log1p else None)
+        k = len(tested)
+        nh, nl = mom.n[:k, None], mom.n[k:, None]
+        t, _, p = welch_ttest(nh, mom.mean[:k], mom.var[:k], nl, mom.mean[k:], mom.var[k:])
+        padj = bh_adjust(p, axis=1)
+        lin = mom.sum_transformed if self.log1p else mom.sum
+        mh, ml = lin[:k] / nh, lin[k:] / nl
+        lfc = np.log2((mh + o["pseudocount"]) / (ml + o["pseudocount"]))
+        f_tested = chunk[np.asarray(tested)]
+        self.lfc[:, f_tested] = lfc.T.astype(np.float32)
+        sig = (padj if o["adjusted"] else p) < o["pval_cutoff"]
+        n_up[tested] = (sig & (lfc > 0)).sum(axis=1)
+        n_down[tested] = (sig & (lfc < 0)).sum(axis=1)
+        r, c = np.nonzero(np.nan_to_num(padj, nan=1.0) < o["store_pval"])
+        if r.size:
+            values = {"log2fc": lfc, "t": t, "pval": p, "padj": padj, "mean_high": mh, "mean_low": ml}
+            self.tables.append(
+                {"feature": f_tested[r].astype(np.int32), "gene": c.astype(np.int32)}
+                | {name: v[r, c] for name, v in values.items()}
+            )
+        return n_up, n_down
+
+    def run(self, progress: bool) -> None:
+        """Choose cells and test every chunk of features."""
+        from tqdm.auto import tqdm
+
+        size = self.opts["chunk_size"]
+        with tqdm(total=len(self.feat_idx), desc="high vs low", disable=not progress, leave=False) as bar:
+            for start in range(0, len(self.feat_idx), size):
+                chunk = self.feat_idx[start : start + size]
+                n_up, n_down = self._test(chunk, *self._choose_cells(start, chunk))
+                self.summary["n_up"].extend(n_up.tolist())
+                self.summary["n_down"].extend(n_down.tolist())
+                bar.update(len(chunk))
+
+    # ------------------------------------------------------------------ storage
+    def store(self) -> None:
+        """Write the summary, the long table, the high cells and the fold changes (replacing earlier ones)."""
+        summ = pd.DataFrame(self.summary, index=pd.Index(self.names[self.feat_idx], name=None))
+        if self.groupby is None:
+            summ = summ.drop(columns="group")
+        else:
+            summ["group"] = summ["group"].astype("category")
+        n_skipped = int((summ["skipped"] != "").sum())
+        if n_skipped == len(summ):
+            warn("Every feature was skipped (see the 'skipped' column of the summary).")
+        hr = np.concatenate(self.high_rows) if self.high_rows else np.zeros(0, np.int64)
+        hc = np.concatenate(self.high_cols) if self.high_cols else np.zeros(0, np.int64)
+        shape = (len(self.feat_idx), self.adata.n_obs)
+        params = {k: v for k, v in self.opts.items() if k != "features"} | {"log1p": self.log1p}
+        invalidate(self.adata, self.key, "dge")
+        self.entry["dge"] = {
+            "summary": summ,
+            "high_cells": sp.csr_matrix((np.ones(hr.size, dtype=np.int8), (hr, hc)), shape=shape),
+            "results": _assemble_dge(self.tables, self.names, self.genes),
+            "params": tool_params(**params, n_features_tested=len(summ) - n_skipped),
+        }
+        self.adata.varm[f"{self.key}_log2fc"] = self.lfc
+
+
+def _check_options(o: dict) -> None:
+    check_number(o["high_quantile"], "high_quantile", minimum=0.0, maximum=1.0, low_open=True, high_open=True)
+    for name in ("n_low", "chunk_size"):
+        check_positive_int(o[name], name)
+    for name in ("min_high", "min_low"):
+        check_positive_int(o[name], name, minimum=2)  # a variance needs two cells
+    check_number(o["pseudocount"], "pseudocount", minimum=0.0, low_open=True)
+    check_probability(o["store_pval"], "store_pval")
+    check_probability(o["pval_cutoff"], "pval_cutoff")
+    check_bool(o["adjusted"], "adjusted")
+
+
+@tool
+@doc
 def high_vs_low(
     adata: AnnData,
-    key: str = "sae",
+    key: str,
     *,
     layer: str | None = None,
     groupby: str | None = None,
@@ -160,6 +255,8 @@ def high_vs_low(
     min_low: int = 10,
     log1p: bool | None = None,
     pseudocount: float = 1e-9,
+    pval_cutoff: float = 0.05,
+    adjusted: bool = True,
     store_pval: float = 0.05,
     chunk_size: int = 256,
     random_state: int = 0,
@@ -176,28 +273,27 @@ def high_vs_low(
     transformed): ``log2((mean_high + pseudocount) / (mean_low + pseudocount))``.
 
     With ``groupby`` the contrast stays inside the feature's own group: its local group from
-    :func:`~featurelens.tl.feature_types` with the same ``groupby``, otherwise the group where
-    its mean activation is highest among groups with enough active and inactive cells. Both
-    the quantile and the zero cells are taken within that group, which removes differences
-    between groups from the comparison.
+    :func:`~featurelens.tl.feature_types` run with the same ``groupby`` (the types of other
+    groupings are not used), otherwise the group where its mean activation is highest among
+    groups with enough active and inactive cells. Both the quantile and the zero cells are taken
+    within that group, which removes differences between groups from the comparison.
 
     All features are processed together in chunks: high and low cells become sparse indicator
-    matrices that multiply the expression matrix, so memory stays bounded.
+    matrices that multiply the expression matrix, so memory stays bounded. The expression is
+    checked first: it must be finite and non-negative (log-normalised or counts) with unique
+    ``var_names``. A new call replaces the stored results and removes the enrichment and concept
+    space computed from the previous ones.
 
     Parameters
     ----------
-    adata
-        Annotated data matrix with the activations ``adata.obsm[f"X_{key}"]`` and expression in
-        ``adata.X`` or a layer (cells x genes).
-    key
-        Key of the dictionary.
+    {doc_adata}
+    {doc_key}
     layer
         Layer with the expression values (default ``adata.X``), log-normalised as by
         ``sc.pp.normalize_total`` + ``sc.pp.log1p``.
     groupby
         Column of ``adata.obs``; contrast within each feature's group.
-    features
-        Features to test (names or positions; default: all).
+    {doc_features}
     high_quantile
         Quantile of the activation that defines high cells.
     n_low
@@ -212,6 +308,10 @@ def high_vs_low(
         or non-integer values).
     pseudocount
         Added to both means before the fold change.
+    pval_cutoff
+        Genes below this (adjusted, see ``adjusted``) p count as up / down in the summary.
+    adjusted
+        Apply ``pval_cutoff`` to the adjusted p-value (default) rather than the raw one.
     store_pval
         Genes with adjusted p below this are kept in the long result table.
     chunk_size
@@ -219,19 +319,18 @@ def high_vs_low(
     random_state
         Seed of the sampling of low cells (each feature has its own stream, so results do not
         depend on ``features`` or ``chunk_size``).
-    progress
-        Show a progress bar.
+    {doc_progress}
 
     Returns
     -------
-    ``None``.
+    {doc_returns_tool}
 
     Sets the following fields:
 
     ``adata.uns[key]["dge"]["summary"]`` : :class:`pandas.DataFrame`
         One row per requested feature: ``n_high``, ``n_low``, ``group`` (with ``groupby``),
-        ``n_up`` / ``n_down`` (genes with adjusted p < 0.05 and positive / negative fold
-        change), ``high_rule`` (``"quantile"`` or ``"top <min_high>"``), ``skipped`` (the
+        ``n_up`` / ``n_down`` (genes with (adjusted) p < ``pval_cutoff`` and positive / negative
+        fold change), ``high_rule`` (``"quantile"`` or ``"top <min_high>"``), ``skipped`` (the
         reason, ``""`` when tested).
     ``adata.uns[key]["dge"]["results"]`` : :class:`pandas.DataFrame`
         Long table of genes with ``padj < store_pval``: ``feature``, ``gene``, ``log2fc``, ``t``,
@@ -246,138 +345,31 @@ def high_vs_low(
 
     Examples
     --------
+    >>> import featurelens as fl
+    >>> adata = fl.datasets.kang2018(preprocess=True)
+    >>> fl.tl.sae(adata, "X_pca", n_features=64, n_steps=200, progress=False)
     >>> fl.tl.feature_types(adata, "sae", "cell_type")
-    >>> fl.tl.high_vs_low(adata, "sae", groupby="cell_type")
-    >>> fl.get.dge(adata, "sae", "f12").head()
+    >>> fl.tl.high_vs_low(adata, "sae", groupby="cell_type", features=["f0", "f1"], progress=False)
+    >>> fl.get.dge(adata, "sae", "f0").columns[:4].tolist()
+    ['feature', 'gene', 'log2fc', 't']
     """
-    from tqdm.auto import tqdm
-
-    check_adata(adata)
-    Z = activations(adata, key)
-    entry = adata.uns[key]
-    X = expression_matrix(adata, layer)
-    if not 0 < high_quantile < 1:
-        raise ValueError(f"`high_quantile` must be between 0 and 1, got {high_quantile}.")
-    for name, v in (("n_low", n_low), ("min_high", min_high), ("min_low", min_low), ("chunk_size", chunk_size)):
-        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
-            raise ValueError(f"`{name}` must be a positive integer, got {v!r}.")
-    if min_high < 2 or min_low < 2:
-        raise ValueError("`min_high` and `min_low` must be at least 2 (a variance needs two cells).")
-    feat_idx = resolve_features(entry, features)
-    if groupby is not None:
-        codes, groups = group_codes(adata, groupby, min_size=1)
-    log1p = _looks_log1p(adata, X, layer) if log1p is None else bool(log1p)
-    transform = np.expm1 if log1p else None
-
-    Zc = Z.tocsc()
-    names = entry["features"].index.astype(str)
-    fgroups = (
-        _feature_groups(entry, Zc, codes, groups, feat_idx, groupby, min_high, min_low) if groupby is not None else None
-    )
-    all_cells = np.arange(adata.n_obs)
-    genes = adata.var_names.astype(str)
-    lfc_all = np.full((adata.n_vars, len(names)), np.nan, dtype=np.float32)
-    summary: dict[str, list[Any]] = {
-        "n_high": [],
-        "n_low": [],
-        "n_up": [],
-        "n_down": [],
-        "high_rule": [],
-        "skipped": [],
+    opts = {
+        "layer": layer,
+        "groupby": groupby,
+        "features": features,
+        "high_quantile": high_quantile,
+        "n_low": n_low,
+        "min_high": min_high,
+        "min_low": min_low,
+        "log1p": log1p,
+        "pseudocount": pseudocount,
+        "pval_cutoff": pval_cutoff,
+        "adjusted": adjusted,
+        "store_pval": store_pval,
+        "chunk_size": chunk_size,
+        "random_state": random_state,
     }
-    if groupby is not None:
-        summary["group"] = []
-    tables = []
-    high_rows: list[np.ndarray] = []
-    high_cols: list[np.ndarray] = []
-    bar = tqdm(total=len(feat_idx), desc="high vs low", disable=not progress, leave=False)
-    for start in range(0, len(feat_idx), chunk_size):
-        chunk = feat_idx[start : start + chunk_size]
-        highs, lows, tested = [], [], []
-        for j, f in enumerate(chunk):
-            pool = all_cells if fgroups is None else np.flatnonzero(codes == fgroups[start + j])
-            rng = np.random.default_rng([int(random_state), int(f)])
-            high, low, reason, rule = _cell_sets(Zc, f, pool, high_quantile, n_low, min_high, min_low, rng)
-            summary["skipped"].append(reason)
-            summary["high_rule"].append(rule)
-            summary["n_high"].append(0 if high is None else int(high.size))
-            summary["n_low"].append(0 if low is None else int(low.size))
-            if fgroups is not None:
-                summary["group"].append(str(groups[fgroups[start + j]]))
-            if high is not None:
-                high_rows.append(np.full(high.size, start + j))
-                high_cols.append(high)
-                highs.append(high)
-                lows.append(low)
-                tested.append(j)
-        n_up = np.zeros(len(chunk), dtype=np.int64)
-        n_down = np.zeros(len(chunk), dtype=np.int64)
-        if tested:
-            sets = highs + lows
-            rows = np.repeat(np.arange(len(sets)), [s.size for s in sets])
-            ind = sp.csr_matrix((np.ones(rows.size), (rows, np.concatenate(sets))), shape=(len(sets), adata.n_obs))
-            mom = set_moments(X, ind, transform=transform)
-            k = len(tested)
-            nh, nl = mom.n[:k, None], mom.n[k:, None]
-            t, _, p = welch_ttest(nh, mom.mean[:k], mom.var[:k], nl, mom.mean[k:], mom.var[k:])
-            padj = bh_adjust(p, axis=1)
-            lin = mom.sum_transformed if transform is not None else mom.sum
-            mh, ml = lin[:k] / nh, lin[k:] / nl
-            lfc = np.log2((mh + pseudocount) / (ml + pseudocount))
-            f_tested = chunk[np.asarray(tested)]
-            lfc_all[:, f_tested] = lfc.T.astype(np.float32)
-            sig = padj < 0.05
-            n_up[tested] = (sig & (lfc > 0)).sum(axis=1)
-            n_down[tested] = (sig & (lfc < 0)).sum(axis=1)
-            keep = np.nan_to_num(padj, nan=1.0) < store_pval
-            r, c = np.nonzero(keep)
-            if r.size:
-                tables.append(
-                    {
-                        "feature": f_tested[r].astype(np.int32),
-                        "gene": c.astype(np.int32),
-                        "log2fc": lfc[r, c],
-                        "t": t[r, c],
-                        "pval": p[r, c],
-                        "padj": padj[r, c],
-                        "mean_high": mh[r, c],
-                        "mean_low": ml[r, c],
-                    }
-                )
-        summary["n_up"].extend(n_up.tolist())
-        summary["n_down"].extend(n_down.tolist())
-        bar.update(len(chunk))
-    bar.close()
-    results = _assemble_dge(tables, names, genes)
-    summ = pd.DataFrame(summary, index=pd.Index(names[feat_idx], name=None))
-    if groupby is not None:
-        summ = summ[["n_high", "n_low", "group", "n_up", "n_down", "high_rule", "skipped"]]
-        summ["group"] = summ["group"].astype("category")
-    n_skipped = int((summ["skipped"] != "").sum())
-    if n_skipped == len(summ):
-        warnings.warn("Every feature was skipped (see the 'skipped' column of the summary).", UserWarning, stacklevel=2)
-    hr = np.concatenate(high_rows) if high_rows else np.zeros(0, np.int64)
-    hc = np.concatenate(high_cols) if high_cols else np.zeros(0, np.int64)
-    high_cells = sp.csr_matrix((np.ones(hr.size, dtype=np.int8), (hr, hc)), shape=(len(feat_idx), adata.n_obs))
-    entry["dge"] = {
-        "summary": summ,
-        "high_cells": high_cells,
-        "results": results,
-        "params": plain_params(
-            {
-                "layer": layer,
-                "groupby": groupby,
-                "high_quantile": high_quantile,
-                "n_low": n_low,
-                "min_high": min_high,
-                "min_low": min_low,
-                "log1p": log1p,
-                "pseudocount": pseudocount,
-                "store_pval": store_pval,
-                "random_state": random_state,
-                "n_features_tested": len(summ) - n_skipped,
-                "featurelens_version": version(),
-            }
-        ),
-    }
-    adata.varm[f"{key}_log2fc"] = lfc_all
+    _check_options(opts)
+    run = _HighVsLow(adata, key, opts)
+    run.run(progress)
+    run.store()

@@ -10,14 +10,12 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from .._utils import check_adata, plain_params, version
+from .._checks import check_bool, check_choices, check_int, check_nonnegative, check_positive_int, check_probability
+from .._core import doc, expression, get_entry, invalidate, renamed, resolve_features, tool, tool_params, warn
+from .._core._results import DIRECTIONS, TESTS
 from ..stats import bh_adjust, bh_adjust_grouped, binomial_sets, mannwhitney_sets
-from ._dge import expression_matrix, resolve_features
-from ._dictionary import _get_entry
 
 METHODS = ("binomial", "mwu")
-TESTS = ["binomial", "binomial_down", "binomial_up", "gsea", "mwu"]
-DIRECTIONS = ["both", "down", "up"]
 UP, DOWN = DIRECTIONS.index("up"), DIRECTIONS.index("down")
 DIRECTION_OF = {"binomial": "both", "binomial_up": "up", "binomial_down": "down"}
 RESULT_COLUMNS = [
@@ -175,7 +173,7 @@ def _assemble(tables: list[dict], features: pd.Index, term_ids, term_names) -> p
 
 def _universe(adata: AnnData, layer: str | None, gene_symbols: str | None) -> tuple[np.ndarray, pd.Index]:
     """Positions of measured genes (non-zero in at least one cell) and their identifiers."""
-    X = expression_matrix(adata, layer)
+    X = expression(adata, layer)
     nz = np.asarray((X != 0).sum(axis=0)).ravel() if sp.issparse(X) else (np.asarray(X) != 0).sum(axis=0)
     measured = np.flatnonzero(nz > 0)
     if gene_symbols is None:
@@ -197,36 +195,176 @@ def _positions(col: pd.Series, index: pd.Index) -> np.ndarray:
     return index.get_indexer(col.astype(str))
 
 
-def _deg_sets(results: pd.DataFrame, feats: pd.Index, gene_pos: pd.Index, padj, lfc, fallback_padj):
+def _deg_sets(results: pd.DataFrame, feats: pd.Index, gene_pos: pd.Index, cutoff, lfc, fallback, adjusted=True):
     """Sparse up / down DEG indicators (features x universe genes) and the rule used per feature.
 
-    ``gene_pos`` holds the ``var_names`` of the universe genes (the gene column of the DGE table).
+    ``gene_pos`` holds the ``var_names`` of the universe genes (the gene column of the DGE table);
+    the cutoffs apply to ``padj`` (``adjusted``) or ``pval``.
     """
     f_pos = _positions(results["feature"], feats)
     g_pos = _positions(results["gene"], gene_pos)
     ok = (f_pos >= 0) & (g_pos >= 0)
     f_pos, g_pos = f_pos[ok], g_pos[ok]
-    p = results["padj"].to_numpy()[ok]
+    col = "padj" if adjusted else "pval"
+    p = results[col].to_numpy()[ok]
     fc = results["log2fc"].to_numpy()[ok]
-    strict_up = (p < padj) & (fc >= lfc)
-    strict_dn = (p < padj) & (fc <= -lfc)
+    strict_up = (p < cutoff) & (fc >= lfc)
+    strict_dn = (p < cutoff) & (fc <= -lfc)
     has_strict = np.zeros(len(feats), bool)
     has_strict[f_pos[strict_up | strict_dn]] = True
     loose = ~has_strict[f_pos]
-    up = np.where(loose, (p < fallback_padj) & (fc > 0), strict_up)
-    dn = np.where(loose, (p < fallback_padj) & (fc < 0), strict_dn)
+    up = np.where(loose, (p < fallback) & (fc > 0), strict_up)
+    dn = np.where(loose, (p < fallback) & (fc < 0), strict_dn)
     shape = (len(feats), len(gene_pos))
 
     def mat(mask):
         return sp.csr_matrix((np.ones(int(mask.sum())), (f_pos[mask], g_pos[mask])), shape=shape)
 
-    rule = np.where(has_strict, f"padj<{padj:g} & |log2fc|>={lfc:g}", f"padj<{fallback_padj:g}")
+    rule = np.where(has_strict, f"{col}<{cutoff:g} & |log2fc|>={lfc:g}", f"{col}<{fallback:g}")
     return mat(up), mat(dn), rule
 
 
+def _dge_of(adata: AnnData, key: str) -> tuple[dict, dict]:
+    """The dictionary entry and its stored DGE (with the fold changes), or a clear error."""
+    entry = get_entry(adata, key)
+    if "dge" not in entry or f"{key}_log2fc" not in adata.varm:
+        raise ValueError(f"No differential expression for {key!r}; run `fl.tl.high_vs_low(adata, {key!r})` first.")
+    return entry, entry["dge"]
+
+
+def _tested_features(entry: dict, dge: dict, features) -> pd.Index:
+    """Features with high-vs-low results (all, or the requested ones)."""
+    summary = dge["summary"]
+    tested = summary.index[summary["skipped"].astype(str) == ""].astype(str)
+    if features is not None:
+        req = entry["features"].index.astype(str)[resolve_features(entry, features)]
+        missing = [f for f in req if f not in set(tested)]
+        if missing:
+            raise ValueError(f"Features without high-vs-low results: {missing[:5]}; run high_vs_low on them first.")
+        tested = pd.Index(req)
+    if len(tested) == 0:
+        raise ValueError("No feature has high-vs-low results to test (all were skipped).")
+    return tested
+
+
+class _Enrichment:
+    """One :func:`enrich` call: DEG sets and fold changes of the tested features against all terms, in chunks."""
+
+    def __init__(self, adata: AnnData, key: str, gene_sets, o: dict):
+        self.entry, dge = _dge_of(adata, key)
+        self.o = o
+        self.tested = _tested_features(self.entry, dge, o["features"])
+        self.measured, ids = _universe(adata, dge["params"].get("layer"), o["gene_symbols"])
+        self.M, self.terms = gene_set_membership(gene_sets, ids, min_size=o["min_size"], max_size=o["max_size"])
+        self.n_univ = len(ids)
+        self.f_idx = self.entry["features"].index.astype(str).get_indexer(self.tested)
+        self.lfc = adata.varm[f"{key}_log2fc"]
+        univ_names = pd.Index(adata.var_names.astype(str)[self.measured])
+        self.up, self.dn, self.rule = _deg_sets(
+            dge["results"], self.tested, univ_names, o["deg_pval_cutoff"], o["deg_log2fc"], o["fallback_pval_cutoff"],
+            o["adjusted"],
+        )  # fmt: skip
+        self.both = (self.up + self.dn).tocsr()
+        self.both.data[:] = 1.0
+        self.n_term = self.terms["n_term"].to_numpy().astype(np.int32)
+        self.n_sig = {t: np.zeros(len(self.tested), dtype=np.int64) for t in _tests_of(o["methods"])}
+        self.tables: list[dict] = []
+
+    def _significant(self, pval, padj) -> np.ndarray:
+        return (padj if self.o["adjusted"] else pval) < self.o["pval_cutoff"]
+
+    def _binomial(self, s: int, sl: slice) -> None:
+        for test, S in (("binomial", self.both), ("binomial_up", self.up), ("binomial_down", self.dn)):
+            r = binomial_sets(S[sl], self.M, universe=self.n_univ)
+            # BH per feature over all terms: terms without hits have p = 1 and are not listed
+            padj = bh_adjust_grouped(r.pval, r.rows, n_tests=len(self.terms))
+            sig = self._significant(r.pval, padj)
+            self.n_sig[test][sl] = np.bincount(r.rows[sig], minlength=len(self.tested))[: S[sl].shape[0]]
+            keep = r.pval < self.o["store_pval"]
+            self.tables.append(
+                _rows(
+                    feature=s + r.rows[keep], term=r.sets[keep], test=test, n_term=self.n_term[r.sets[keep]],
+                    n_deg=r.n_selected[keep], hits=r.hits[keep], expected=r.expected[keep],
+                    fold_enrichment=r.fold[keep], pval=r.pval[keep], padj=padj[keep],
+                    direction=np.full(int(keep.sum()), DIRECTIONS.index(DIRECTION_OF[test]), dtype=np.int8),
+                )
+            )  # fmt: skip
+
+    def _mwu(self, s: int, sl: slice) -> None:
+        lfc = np.take(self.lfc, self.f_idx[sl], axis=1)[self.measured].T.astype(np.float64)
+        res = mannwhitney_sets(np.nan_to_num(lfc, nan=0.0), self.M)
+        del lfc
+        padj = bh_adjust(res.pval, axis=1)
+        self.n_sig["mwu"][sl] = self._significant(res.pval, padj).sum(axis=1)
+        rr, cc = np.nonzero(np.nan_to_num(res.pval, nan=1.0) < self.o["store_pval"])
+        auc = res.auc[rr, cc]
+        self.tables.append(
+            _rows(
+                feature=s + rr, term=cc, test="mwu", n_term=res.n_in[rr, cc], statistic=res.u[rr, cc],
+                z=res.z[rr, cc], auc=auc, direction=np.where(auc > 0.5, UP, DOWN).astype(np.int8),
+                pval=res.pval[rr, cc], padj=padj[rr, cc],
+            )
+        )  # fmt: skip
+
+    def run(self, progress: bool) -> None:
+        from tqdm.auto import tqdm
+
+        size = self.o["chunk_size"]
+        with tqdm(total=len(self.tested), desc="enrichment", disable=not progress, leave=False) as bar:
+            for s in range(0, len(self.tested), size):
+                sl = slice(s, s + size)
+                if "binomial" in self.o["methods"]:
+                    self._binomial(s, sl)
+                if "mwu" in self.o["methods"]:
+                    self._mwu(s, sl)
+                bar.update(min(size, len(self.tested) - s))
+
+    def result(self, gene_sets) -> dict:
+        results = _assemble(self.tables, self.tested, self.terms["term"].to_numpy(), self.terms["name"].to_numpy())
+        summ = pd.DataFrame(
+            {
+                "n_up": np.diff(self.up.indptr),
+                "n_down": np.diff(self.dn.indptr),
+                "deg_rule": self.rule,
+                **{f"n_sig_{t}": v for t, v in self.n_sig.items()},
+            },
+            index=self.tested,
+        )
+        o = {k: v for k, v in self.o.items() if k not in ("features", "chunk_size")}
+        o["methods"] = list(o["methods"])
+        name = gene_sets if isinstance(gene_sets, str) else type(gene_sets).__name__
+        params = tool_params(gene_sets=name, **o, n_terms=len(self.terms), n_universe=self.n_univ)
+        return {"results": results, "summary": summ, "params": params}
+
+
+def _check_enrich_options(dge: dict, o: dict) -> None:
+    o["methods"] = check_choices(o["methods"], "methods", METHODS)
+    check_positive_int(o["min_size"], "min_size")
+    check_int(o["max_size"], "max_size", minimum=o["min_size"])
+    for name in ("deg_pval_cutoff", "fallback_pval_cutoff", "pval_cutoff", "store_pval"):
+        check_probability(o[name], name)
+    check_nonnegative(o["deg_log2fc"], "deg_log2fc")
+    check_bool(o["adjusted"], "adjusted")
+    check_positive_int(o["chunk_size"], "chunk_size")
+    stored = dge["params"].get("store_pval", 1.0)
+    if stored < max(o["deg_pval_cutoff"], o["fallback_pval_cutoff"]):
+        warn(
+            f"high_vs_low kept genes with padj < {stored:g} only, less than the DEG thresholds "
+            f"(deg_pval_cutoff={o['deg_pval_cutoff']:g}, fallback_pval_cutoff={o['fallback_pval_cutoff']:g}); "
+            "DEG sets are limited to the kept genes."
+        )
+
+
+def _deg_renamed(name: str):
+    return lambda v: {name: v, "adjusted": True}
+
+
+@tool
+@renamed(deg_padj=_deg_renamed("deg_pval_cutoff"), fallback_padj=_deg_renamed("fallback_pval_cutoff"))
+@doc
 def enrich(
     adata: AnnData,
-    key: str = "sae",
+    key: str,
     gene_sets="GO_BP",
     *,
     methods=METHODS,
@@ -234,9 +372,11 @@ def enrich(
     max_size: int = 500,
     gene_symbols: str | None = None,
     features=None,
-    deg_padj: float = 1e-5,
+    deg_pval_cutoff: float = 1e-5,
     deg_log2fc: float = 1.0,
-    fallback_padj: float = 0.05,
+    fallback_pval_cutoff: float = 0.05,
+    pval_cutoff: float = 0.05,
+    adjusted: bool = True,
     store_pval: float = 0.05,
     chunk_size: int = 500,
     progress: bool = True,
@@ -246,12 +386,12 @@ def enrich(
     Needs :func:`~featurelens.tl.high_vs_low` first. Two tests (Schuster 2025, A.3.7):
 
     - ``"binomial"`` (PANTHER-style over-representation): the DEGs of a feature are the genes
-      with adjusted p < ``deg_padj`` and fold change >= 2 (or <= 0.5; ``deg_log2fc=1``); when
-      that selects nothing, adjusted p < ``fallback_padj`` without a fold-change cut. With
-      ``n`` DEGs, ``k`` of them in a term of ``|T|`` universe genes and ``p = |T| / |universe|``:
-      expected ``n p``, fold enrichment ``k / (n p)`` and the one-sided ``P(X >= k)``,
-      ``X ~ Binomial(n, p)``. Run for up-regulated (``binomial_up``), down-regulated
-      (``binomial_down``) and all DEGs (``binomial``).
+      with adjusted p < ``deg_pval_cutoff`` and fold change >= 2 (or <= 0.5; ``deg_log2fc=1``);
+      when that selects nothing, adjusted p < ``fallback_pval_cutoff`` without a fold-change cut.
+      With ``n`` DEGs, ``k`` of them in a term of ``|T|`` universe genes and
+      ``p = |T| / |universe|``: expected ``n p``, fold enrichment ``k / (n p)`` and the one-sided
+      ``P(X >= k)``, ``X ~ Binomial(n, p)``. Run for up-regulated (``binomial_up``),
+      down-regulated (``binomial_down``) and all DEGs (``binomial``).
     - ``"mwu"``: the log2 fold changes of all universe genes are ranked (average ranks for
       ties) and the term's genes are compared with all others by a two-sided Mann-Whitney U
       test with tie and continuity corrections; ``auc = U / (n_in n_out)`` > 0.5 means the
@@ -261,14 +401,14 @@ def enrich(
     inside it and filtered by ``min_size``/``max_size`` (the paper: 20 to 500). p-values are
     Benjamini-Hochberg adjusted across terms within each feature and test. Everything is
     vectorised: one rank matrix (features x genes) and one DEG matrix times a sparse membership
-    matrix (genes x terms), in chunks of features.
+    matrix (genes x terms), in chunks of features. A new call replaces the stored results and
+    removes the concept space computed from the previous ones.
 
     Parameters
     ----------
     adata
         Annotated data matrix after :func:`~featurelens.tl.high_vs_low`.
-    key
-        Key of the dictionary.
+    {doc_key}
     gene_sets
         ``"GO_BP"``, ``"GO_MF"``, ``"GO_CC"`` (bundled human GO, 2022-07-01), a GMT path, a dict
         term -> genes or a long DataFrame with ``term`` and ``gene`` columns.
@@ -281,18 +421,22 @@ def enrich(
         when ``var_names`` are Ensembl ids).
     features
         Features to test (default: all with high-vs-low results).
-    deg_padj, deg_log2fc, fallback_padj
-        DEG selection for the binomial test (see above).
+    deg_pval_cutoff, deg_log2fc, fallback_pval_cutoff
+        DEG selection for the binomial test (see above); ``deg_padj`` / ``fallback_padj`` are the
+        old names of the cutoffs.
+    pval_cutoff
+        Terms below this (adjusted) p are counted as significant in the summary.
+    adjusted
+        The p-value cutoffs apply to adjusted p-values (default) rather than raw ones.
     store_pval
         Rows with p below this are kept.
     chunk_size
         Features per chunk.
-    progress
-        Show a progress bar.
+    {doc_progress}
 
     Returns
     -------
-    ``None``.
+    {doc_returns_tool}
 
     Sets the following fields:
 
@@ -302,151 +446,81 @@ def enrich(
         ``n_deg``, ``hits``, ``expected``, ``fold_enrichment`` (binomial), ``statistic`` (U),
         ``z``, ``auc`` (MWU), ``direction``, ``pval``, ``padj``.
     ``adata.uns[key]["enrichment"]["summary"]`` : :class:`pandas.DataFrame`
-        Per feature: DEG counts, the DEG rule used, and the number of terms with padj < 0.05
-        per test.
+        Per feature: DEG counts, the DEG rule used, and the number of terms with (adjusted) p
+        below ``pval_cutoff`` per test.
     ``adata.uns[key]["enrichment"]["params"]`` : :class:`dict`
         The options used, the number of terms and the universe size.
 
     Examples
     --------
-    >>> fl.tl.high_vs_low(adata, "sae", groupby="cell_type")
-    >>> fl.tl.enrich(adata, "sae", "GO_BP")
-    >>> fl.get.enrichment(adata, "sae", "f12").nsmallest(5, "padj")
+    >>> import featurelens as fl
+    >>> adata = fl.datasets.kang2018(preprocess=True)
+    >>> fl.tl.sae(adata, "X_pca", n_features=64, n_steps=200, progress=False)
+    >>> fl.tl.high_vs_low(adata, "sae", features=["f0", "f1"], progress=False)
+    >>> fl.tl.enrich(adata, "sae", "GO_BP", progress=False)
+    >>> sorted(fl.get.enrichment(adata, "sae")["test"].unique())
+    ['binomial', 'binomial_down', 'binomial_up', 'mwu']
     """
-    from tqdm.auto import tqdm
-
-    check_adata(adata)
-    entry = _get_entry(adata, key)
-    if "dge" not in entry:
-        raise ValueError(f"No differential expression for {key!r}; run `fl.tl.high_vs_low(adata, {key!r})` first.")
-    methods = (methods,) if isinstance(methods, str) else tuple(methods)
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods:
-        raise ValueError(f"Unknown method(s) {unknown}; choose from {METHODS}.")
-    lfc_key = f"{key}_log2fc"
-    if lfc_key not in adata.varm:
-        raise ValueError(f"adata.varm[{lfc_key!r}] is missing; rerun `fl.tl.high_vs_low(adata, {key!r})`.")
-    dge = entry["dge"]
-    dparams = dge["params"]
-    if dparams.get("store_pval", 1.0) < max(deg_padj, fallback_padj):
-        warnings.warn(
-            f"high_vs_low kept genes with padj < {dparams['store_pval']:g} only, less than the DEG thresholds "
-            f"(deg_padj={deg_padj:g}, fallback_padj={fallback_padj:g}); DEG sets are limited to the kept genes.",
-            UserWarning,
-            stacklevel=2,
-        )
-    summary = dge["summary"]
-    tested = summary.index[summary["skipped"].astype(str) == ""].astype(str)
-    names = entry["features"].index.astype(str)
-    if features is not None:
-        req = names[resolve_features(entry, features)]
-        missing = [f for f in req if f not in set(tested)]
-        if missing:
-            raise ValueError(f"Features without high-vs-low results: {missing[:5]}; run high_vs_low on them first.")
-        tested = pd.Index(req)
-    if len(tested) == 0:
-        raise ValueError("No feature has high-vs-low results to test (all were skipped).")
-    measured, ids = _universe(adata, dparams.get("layer"), gene_symbols)
-    M, terms = gene_set_membership(gene_sets, ids, min_size=min_size, max_size=max_size)
-    n_univ = len(ids)
-    f_idx = names.get_indexer(tested)
-    lfc_store = adata.varm[lfc_key]
-    if not adata.var_names.is_unique:
-        raise ValueError("adata.var_names are not unique; call `adata.var_names_make_unique()` first.")
-    univ_names = pd.Index(adata.var_names.astype(str)[measured])
-    up, dn, rule = _deg_sets(dge["results"], tested, univ_names, deg_padj, deg_log2fc, fallback_padj)
-    both = (up + dn).tocsr()
-    both.data[:] = 1.0
-    tables: list[dict] = []
-    n_terms = len(terms)
-    n_term = terms["n_term"].to_numpy().astype(np.int32)
-    n_sig = {t: np.zeros(len(tested), dtype=np.int64) for t in _tests_of(methods)}
-
-    bar = tqdm(total=len(tested), desc="enrichment", disable=not progress, leave=False)
-    for s in range(0, len(tested), chunk_size):
-        sl = slice(s, s + chunk_size)
-        if "binomial" in methods:
-            for test, S in (("binomial", both), ("binomial_up", up), ("binomial_down", dn)):
-                r = binomial_sets(S[sl], M, universe=n_univ)
-                # BH per feature over all terms: terms without hits have p = 1 and are not listed
-                padj = bh_adjust_grouped(r.pval, r.rows, n_tests=n_terms)
-                n_sig[test][sl] = np.bincount(r.rows[padj < 0.05], minlength=len(tested))[: S[sl].shape[0]]
-                keep = r.pval < store_pval
-                n = int(keep.sum())
-                tables.append(
-                    _rows(
-                        feature=s + r.rows[keep],
-                        term=r.sets[keep],
-                        test=test,
-                        n_term=n_term[r.sets[keep]],
-                        n_deg=r.n_selected[keep],
-                        hits=r.hits[keep],
-                        expected=r.expected[keep],
-                        fold_enrichment=r.fold[keep],
-                        direction=np.full(n, DIRECTIONS.index(DIRECTION_OF[test]), dtype=np.int8),
-                        pval=r.pval[keep],
-                        padj=padj[keep],
-                    )
-                )
-        if "mwu" in methods:
-            lfc = np.take(lfc_store, f_idx[sl], axis=1)[measured].T.astype(np.float64)
-            res = mannwhitney_sets(np.nan_to_num(lfc, nan=0.0), M)
-            del lfc
-            padj = bh_adjust(res.pval, axis=1)
-            n_sig["mwu"][sl] = (padj < 0.05).sum(axis=1)
-            rr, cc = np.nonzero(np.nan_to_num(res.pval, nan=1.0) < store_pval)
-            auc = res.auc[rr, cc]
-            tables.append(
-                _rows(
-                    feature=s + rr,
-                    term=cc,
-                    test="mwu",
-                    n_term=res.n_in[rr, cc],
-                    statistic=res.u[rr, cc],
-                    z=res.z[rr, cc],
-                    auc=auc,
-                    direction=np.where(auc > 0.5, UP, DOWN).astype(np.int8),
-                    pval=res.pval[rr, cc],
-                    padj=padj[rr, cc],
-                )
-            )
-            del res, padj
-        bar.update(min(chunk_size, len(tested) - s))
-    bar.close()
-    term_ids = terms["term"].to_numpy()
-    term_names = terms["name"].to_numpy()
-    results = _assemble(tables, tested, term_ids, term_names)
-    summ = pd.DataFrame(
-        {
-            "n_up": np.diff(up.indptr),
-            "n_down": np.diff(dn.indptr),
-            "deg_rule": rule,
-            **{f"n_sig_{t}": v for t, v in n_sig.items()},
-        },
-        index=tested,
-    )
-    entry["enrichment"] = {
-        "results": results,
-        "summary": summ,
-        "params": plain_params(
-            {
-                "gene_sets": gene_sets if isinstance(gene_sets, str) else type(gene_sets).__name__,
-                "methods": list(methods),
-                "min_size": min_size,
-                "max_size": max_size,
-                "gene_symbols": gene_symbols,
-                "deg_padj": deg_padj,
-                "deg_log2fc": deg_log2fc,
-                "fallback_padj": fallback_padj,
-                "store_pval": store_pval,
-                "n_terms": n_terms,
-                "n_universe": n_univ,
-                "featurelens_version": version(),
-            }
-        ),
+    entry, dge = _dge_of(adata, key)
+    o = {
+        "methods": methods,
+        "min_size": min_size,
+        "max_size": max_size,
+        "gene_symbols": gene_symbols,
+        "features": features,
+        "deg_pval_cutoff": deg_pval_cutoff,
+        "deg_log2fc": deg_log2fc,
+        "fallback_pval_cutoff": fallback_pval_cutoff,
+        "pval_cutoff": pval_cutoff,
+        "adjusted": adjusted,
+        "store_pval": store_pval,
+        "chunk_size": chunk_size,
     }
+    _check_enrich_options(dge, o)
+    run = _Enrichment(adata, key, gene_sets, o)
+    run.run(progress)
+    result = run.result(gene_sets)
+    invalidate(adata, key, "enrichment")
+    entry["enrichment"] = result
 
 
+def _gsea_rows(res: pd.DataFrame, feature: str, M, terms: pd.DataFrame, store_pval: float) -> list[dict]:
+    """Rows of the long table from gseapy's ``res2d`` of one feature."""
+    term_name = dict(zip(terms["term"], terms["name"], strict=True))
+    size = dict(zip(terms["term"], np.diff(M.indptr) if sp.isspmatrix_csc(M) else M.getnnz(axis=0), strict=True))
+    rows = []
+    for _, row in res.iterrows():
+        p = float(row["NOM p-val"])
+        if p >= store_pval:
+            continue
+        t, nes = str(row["Term"]), float(row["NES"])
+        rows.append(
+            {
+                "feature": feature, "term": t, "name": term_name.get(t, t), "test": "gsea",
+                "n_term": int(size.get(t, -1)), "n_deg": -1, "hits": np.nan, "expected": np.nan,
+                "fold_enrichment": np.nan, "statistic": nes, "z": np.nan, "auc": np.nan,
+                "direction": "up" if nes > 0 else "down", "pval": p, "padj": float(row["FDR q-val"]),
+            }
+        )  # fmt: skip
+    return rows
+
+
+def _merge_gsea(entry: dict, new: pd.DataFrame, features: list[str]) -> None:
+    """Replace earlier GSEA rows of ``features`` in the stored table by ``new``."""
+    store = entry.setdefault("enrichment", {"params": tool_params()})
+    old = store.get("results", pd.DataFrame(columns=RESULT_COLUMNS))
+    if len(old):
+        drop = (old["test"].astype(str) == "gsea") & old["feature"].astype(str).isin(set(features))
+        old = old.loc[~drop]
+    cats = ("feature", "term", "name", "test", "direction")
+    merged = pd.concat([old.astype(dict.fromkeys(cats, str)), new], ignore_index=True)
+    for c in cats:
+        merged[c] = merged[c].astype(str).astype("category")
+    store["results"] = merged.reset_index(drop=True)
+
+
+@tool
+@doc
 def gsea(
     adata: AnnData,
     key: str,
@@ -460,19 +534,20 @@ def gsea(
     random_state: int = 0,
     threads: int = 1,
     store_pval: float = 0.05,
-) -> pd.DataFrame:
+    progress: bool = True,
+) -> None:
     """Preranked GSEA (gseapy ``prerank``) on the high-vs-low log2 fold changes of chosen features.
 
     For the classic running-sum view of a few features; :func:`enrich` is the fast test for all
     of them. Results join the long enrichment table with ``test="gsea"`` (``statistic`` = NES,
-    ``pval`` = nominal p, ``padj`` = FDR q-value), replacing earlier GSEA rows of the same features.
+    ``pval`` = nominal p, ``padj`` = FDR q-value), replacing earlier GSEA rows of the same
+    features; read them with ``fl.get.enrichment(adata, key, test="gsea")``.
 
     Parameters
     ----------
     adata
         Annotated data matrix after :func:`~featurelens.tl.high_vs_low`.
-    key
-        Key of the dictionary.
+    {doc_key}
     features
         Feature names or positions.
     gene_sets
@@ -489,10 +564,11 @@ def gsea(
         Threads for gseapy.
     store_pval
         Rows with nominal p below this are kept.
+    {doc_progress}
 
     Returns
     -------
-    The GSEA rows (also stored).
+    {doc_returns_tool}
 
     Sets the following fields:
 
@@ -501,75 +577,40 @@ def gsea(
 
     Examples
     --------
-    >>> fl.tl.gsea(adata, "sae", ["f12"], "GO_BP")
+    >>> import featurelens as fl
+    >>> adata = fl.datasets.kang2018(preprocess=True)
+    >>> fl.tl.sae(adata, "X_pca", n_features=64, n_steps=200, progress=False)
+    >>> fl.tl.high_vs_low(adata, "sae", features=["f0"], progress=False)
+    >>> fl.tl.gsea(adata, "sae", ["f0"], permutation_num=20, max_size=30, progress=False)
+    >>> set(fl.get.enrichment(adata, "sae", test="gsea")["test"]) <= {"gsea"}
+    True
     """
     import gseapy
+    from tqdm.auto import tqdm
 
-    check_adata(adata)
-    entry = _get_entry(adata, key)
-    lfc_key = f"{key}_log2fc"
-    if "dge" not in entry or lfc_key not in adata.varm:
-        raise ValueError(f"No differential expression for {key!r}; run `fl.tl.high_vs_low(adata, {key!r})` first.")
+    entry, dge = _dge_of(adata, key)
+    check_positive_int(permutation_num, "permutation_num")
+    check_probability(store_pval, "store_pval")
     names = entry["features"].index.astype(str)
     f_idx = resolve_features(entry, features)
-    measured, ids = _universe(adata, entry["dge"]["params"].get("layer"), gene_symbols)
+    measured, ids = _universe(adata, dge["params"].get("layer"), gene_symbols)
     M, terms = gene_set_membership(gene_sets, ids, min_size=min_size, max_size=max_size)
     sets = {t: ids[M[:, j].indices].tolist() for j, t in enumerate(terms["term"])}
-    term_name = dict(zip(terms["term"], terms["name"], strict=True))
+    lfc_all = np.asarray(adata.varm[f"{key}_log2fc"])
     rows = []
-    for f in f_idx:
-        lfc = np.asarray(adata.varm[lfc_key])[measured, f].astype(np.float64)
+    for f in tqdm(f_idx, desc="gsea", disable=not progress, leave=False):
+        lfc = lfc_all[measured, f].astype(np.float64)
         if np.isnan(lfc).all():
             raise ValueError(f"Feature {names[f]} has no high-vs-low results (skipped); choose tested features.")
         rnk = pd.Series(np.nan_to_num(lfc), index=ids).groupby(level=0).mean().sort_values(ascending=False)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             pre = gseapy.prerank(
-                rnk=rnk,
-                gene_sets=sets,
-                min_size=min_size,
-                max_size=max_size,
-                permutation_num=permutation_num,
-                seed=random_state,
-                threads=threads,
-                outdir=None,
-                verbose=False,
-            )
-        res = pre.res2d
-        for _, row in res.iterrows():
-            p = float(row["NOM p-val"])
-            if p >= store_pval:
-                continue
-            t = str(row["Term"])
-            rows.append(
-                {
-                    "feature": names[f],
-                    "term": t,
-                    "name": term_name.get(t, t),
-                    "test": "gsea",
-                    "n_term": int(M[:, terms["term"].tolist().index(t)].nnz) if t in term_name else -1,
-                    "n_deg": -1,
-                    "hits": np.nan,
-                    "expected": np.nan,
-                    "fold_enrichment": np.nan,
-                    "statistic": float(row["NES"]),
-                    "z": np.nan,
-                    "auc": np.nan,
-                    "direction": "up" if float(row["NES"]) > 0 else "down",
-                    "pval": p,
-                    "padj": float(row["FDR q-val"]),
-                }
-            )
-    new = pd.DataFrame(rows, columns=RESULT_COLUMNS)
-    store = entry.setdefault("enrichment", {"params": plain_params({"featurelens_version": version()})})
-    old = store.get("results", pd.DataFrame(columns=RESULT_COLUMNS))
-    if len(old):
-        drop = (old["test"].astype(str) == "gsea") & old["feature"].astype(str).isin(set(names[f_idx]))
-        old = old.loc[~drop]
-    merged = pd.concat(
-        [old.astype({c: str for c in ("feature", "term", "name", "test", "direction")}), new], ignore_index=True
-    )
-    for c in ("feature", "term", "name", "test", "direction"):
-        merged[c] = merged[c].astype(str).astype("category")
-    store["results"] = merged.reset_index(drop=True)
-    return new
+                rnk=rnk, gene_sets=sets, min_size=min_size, max_size=max_size, permutation_num=permutation_num,
+                seed=random_state, threads=threads, outdir=None, verbose=False,
+            )  # fmt: skip
+        rows += _gsea_rows(pre.res2d, names[f], M, terms, store_pval)
+    _merge_gsea(entry, pd.DataFrame(rows, columns=RESULT_COLUMNS), list(names[f_idx]))
+    cs = entry.get("concept_space", {}).get("params", {})
+    if "gsea" in str(cs.get("test", "")):
+        invalidate(adata, key, "enrichment")

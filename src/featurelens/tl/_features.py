@@ -4,85 +4,31 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 from anndata import AnnData
 
-from .._utils import check_adata, plain_params, version
+from .._checks import check_number, check_positive
+from .._core import activations, doc, get_entry, group_codes, tool, tool_params
 from ..stats import alpha_scores, group_moments, pearson_max_partner, selectivity_scores
-from ._dictionary import _get_entry
 
 
-def activations(adata: AnnData, key: str) -> sp.csr_matrix:
-    """The activations ``adata.obsm[f"X_{key}"]`` as CSR, checked against ``adata.uns[key]``."""
-    entry = _get_entry(adata, key)
-    obsm_key = f"X_{key}"
-    if obsm_key not in adata.obsm:
-        raise ValueError(
-            f"adata.obsm[{obsm_key!r}] (the activations of dictionary {key!r}) is missing; "
-            f"recompute it with `fl.tl.encode(adata, {key!r})`."
-        )
-    Z = adata.obsm[obsm_key]
-    n_feat = np.asarray(entry["decoder"]).shape[0]
-    if Z.shape != (adata.n_obs, n_feat):
-        raise ValueError(
-            f"adata.obsm[{obsm_key!r}] has shape {Z.shape}, but dictionary {key!r} has {n_feat} features for "
-            f"{adata.n_obs} cells; recompute it with `fl.tl.encode(adata, {key!r})`."
-        )
-    return sp.csr_matrix(Z, dtype=np.float32) if not sp.isspmatrix_csr(Z) else Z
-
-
-def group_codes(adata: AnnData, groupby: str, *, min_size: int = 2) -> tuple[np.ndarray, pd.Index]:
-    """Integer codes and category names of ``adata.obs[groupby]``, validated.
-
-    Raises
-    ------
-    ValueError
-        For a missing column, missing values, fewer than two groups or groups smaller than
-        ``min_size``.
-    """
-    if not isinstance(groupby, str) or groupby not in adata.obs:
-        cols = ", ".join(map(repr, adata.obs.columns)) or "nothing"
-        raise ValueError(f"`groupby={groupby!r}` is not a column of adata.obs, which has {cols}.")
-    col = adata.obs[groupby]
-    if col.isna().any():
-        raise ValueError(
-            f"adata.obs[{groupby!r}] has {int(col.isna().sum())} missing values; fill them or subset the cells first."
-        )
-    cat = col.astype("category").cat.remove_unused_categories()
-    cats = cat.cat.categories
-    if len(cats) < 2:
-        raise ValueError(
-            f"adata.obs[{groupby!r}] has a single group ({cats[0]!r}); comparing groups needs at least two."
-        )
-    codes = cat.cat.codes.to_numpy().astype(np.int64)
-    sizes = np.bincount(codes, minlength=len(cats))
-    small = [str(c) for c, n in zip(cats, sizes, strict=True) if n < min_size]
-    if small:
-        raise ValueError(
-            f"Groups of adata.obs[{groupby!r}] with fewer than {min_size} cells: {', '.join(small)}. "
-            "A standard deviation needs at least two cells; remove or merge these groups first."
-        )
-    return codes, pd.Index(cats.astype(str))
-
-
-def feature_stats(adata: AnnData, key: str = "sae", *, redundancy_r: float = 0.95) -> None:
+@tool
+@doc
+def feature_stats(adata: AnnData, key: str, *, redundancy_r: float = 0.95) -> None:
     """Per-feature activity statistics and redundancy.
 
     A feature is active in a cell when its activation is > 0.
 
     Parameters
     ----------
-    adata
-        Annotated data matrix with ``adata.obsm[f"X_{key}"]`` and ``adata.uns[key]``.
-    key
-        Key of the dictionary.
+    {doc_adata}
+    {doc_key}
     redundancy_r
         Two features are redundant when their activations over cells have Pearson correlation
         at least this (0.95 as in Schuster 2025, A.2.4).
 
     Returns
     -------
-    ``None``.
+    {doc_returns_tool}
 
     Sets the following fields:
 
@@ -99,12 +45,16 @@ def feature_stats(adata: AnnData, key: str = "sae", *, redundancy_r: float = 0.9
 
     Examples
     --------
+    >>> import featurelens as fl
+    >>> adata = fl.datasets.kang2018(preprocess=True)
+    >>> fl.tl.sae(adata, "X_pca", n_features=64, n_steps=200, progress=False)
     >>> fl.tl.feature_stats(adata, "sae")
-    >>> fl.get.features(adata, "sae").sort_values("frac_active")
+    >>> int(fl.get.features(adata, "sae")["n_active"].sum()) == adata.obsm["X_sae"].nnz
+    True
     """
-    check_adata(adata)
+    check_number(redundancy_r, "redundancy_r", minimum=-1.0, maximum=1.0)
     Z = activations(adata, key)
-    entry = adata.uns[key]
+    entry = get_entry(adata, key)
     feats = entry["features"]
     pos = Z.copy()
     pos.data = (pos.data > 0).astype(np.float32)
@@ -128,10 +78,12 @@ def feature_stats(adata: AnnData, key: str = "sae", *, redundancy_r: float = 0.9
     entry["n_redundant"] = int(feats["redundant"].sum())
 
 
+@tool
+@doc
 def feature_types(
     adata: AnnData,
-    key: str = "sae",
-    groupby: str = "cell_type",
+    key: str,
+    groupby: str,
     *,
     min_diff: float = 0.05,
     z: float = 1.96,
@@ -150,10 +102,8 @@ def feature_types(
 
     Parameters
     ----------
-    adata
-        Annotated data matrix with ``adata.obsm[f"X_{key}"]`` and ``adata.uns[key]``.
-    key
-        Key of the dictionary.
+    {doc_adata}
+    {doc_key}
     groupby
         Column of ``adata.obs`` with the groups (e.g. cell types); at least two groups of at
         least two cells.
@@ -164,28 +114,33 @@ def feature_types(
 
     Returns
     -------
-    ``None``.
+    {doc_returns_tool}
 
     Sets the following fields:
 
-    ``adata.uns[key]["features"]`` : new columns
-        ``type`` (``"local"``, ``"global"``, ``"dead"``), ``group`` (the group of a local
-        feature, missing otherwise), ``n_groups_significant``, ``best_group`` (largest alpha)
-        and ``best_alpha``.
     ``adata.uns[key]["feature_types"][groupby]`` : :class:`dict`
-        ``"alpha"`` (features x groups DataFrame), ``"counts"`` (local features per group) and
-        ``"params"``.
+        ``"table"`` (one row per feature: ``type`` (``"local"``, ``"global"``, ``"dead"``),
+        ``group`` (the group of a local feature, missing otherwise), ``n_groups_significant``,
+        ``best_group`` (largest alpha) and ``best_alpha``), ``"alpha"`` (features x groups),
+        ``"means"`` (mean activation, features x groups), ``"counts"`` (local features per group)
+        and ``"params"``. Results of several groupings are kept side by side, and tools that use
+        the types of a grouping (:func:`high_vs_low` with ``groupby``) read that grouping's table.
+    ``adata.uns[key]["features"]`` : new columns
+        The columns of ``"table"`` for the latest ``groupby`` (``fl.get.feature_types`` reads any).
 
     Examples
     --------
+    >>> import featurelens as fl
+    >>> adata = fl.datasets.kang2018(preprocess=True)
+    >>> fl.tl.sae(adata, "X_pca", n_features=64, n_steps=200, progress=False)
     >>> fl.tl.feature_types(adata, "sae", "cell_type")
-    >>> fl.get.features(adata, "sae")["type"].value_counts()
+    >>> sorted(fl.get.feature_types(adata, "sae", "cell_type")["type"].unique())
+    ['global', 'local']
     """
-    check_adata(adata)
+    check_number(min_diff, "min_diff")
+    check_positive(z, "z")
     Z = activations(adata, key)
     codes, groups = group_codes(adata, groupby)
-    if not np.isfinite(min_diff):
-        raise ValueError(f"`min_diff` must be finite, got {min_diff}.")
     m = group_moments(Z, codes, len(groups))
     alpha = alpha_scores(m, z=z).T  # features x groups
     alpha = np.nan_to_num(alpha, nan=-np.inf)
@@ -195,23 +150,35 @@ def feature_types(
     kind = np.where(n_active == 0, "dead", np.where(n_sig == 1, "local", "global"))
     local_group = np.where(n_sig == 1, groups.to_numpy()[sig.argmax(axis=1)], None)
     best = alpha.argmax(axis=1)
-    entry = adata.uns[key]
+    entry = get_entry(adata, key)
     feats = entry["features"]
-    feats["type"] = pd.Categorical(kind, categories=["local", "global", "dead"])
-    feats["group"] = pd.Categorical(np.where(kind == "local", local_group, None), categories=list(groups))
-    feats["n_groups_significant"] = n_sig.astype(np.int64)
-    feats["best_group"] = pd.Categorical(groups.to_numpy()[best], categories=list(groups))
-    feats["best_alpha"] = alpha[np.arange(alpha.shape[0]), best]
-    counts = feats.loc[feats["type"] == "local", "group"].value_counts().reindex(groups, fill_value=0)
+    table = pd.DataFrame(
+        {
+            "type": pd.Categorical(kind, categories=["local", "global", "dead"]),
+            "group": pd.Categorical(np.where(kind == "local", local_group, None), categories=list(groups)),
+            "n_groups_significant": n_sig.astype(np.int64),
+            "best_group": pd.Categorical(groups.to_numpy()[best], categories=list(groups)),
+            "best_alpha": alpha[np.arange(alpha.shape[0]), best],
+        },
+        index=feats.index,
+    )
+    for c in table.columns:
+        feats[c] = table[c]
+    counts = table.loc[table["type"] == "local", "group"].value_counts().reindex(groups, fill_value=0)
     store = entry.setdefault("feature_types", {})
+    store.pop(groupby, None)  # the latest grouping comes last
     store[groupby] = {
+        "table": table,
         "alpha": pd.DataFrame(np.where(np.isfinite(alpha), alpha, np.nan), index=feats.index, columns=groups),
+        "means": pd.DataFrame(m.means.T, index=feats.index, columns=groups),
         "counts": pd.DataFrame({"n_local": counts.to_numpy().astype(np.int64)}, index=groups),
-        "params": plain_params({"groupby": groupby, "min_diff": min_diff, "z": z, "featurelens_version": version()}),
+        "params": tool_params(groupby=groupby, min_diff=min_diff, z=z),
     }
 
 
-def selectivity(adata: AnnData, key: str = "sae", groupby: str = "cell_type", *, thresholds=(0.5, 0.2)) -> None:
+@tool
+@doc
+def selectivity(adata: AnnData, key: str, groupby: str, *, thresholds=(0.5, 0.2)) -> None:
     """Average and max selectivity of every feature for every label.
 
     With ``p_i`` the fraction of cells of label ``i`` in which the feature is active
@@ -220,10 +187,8 @@ def selectivity(adata: AnnData, key: str = "sae", groupby: str = "cell_type", *,
 
     Parameters
     ----------
-    adata
-        Annotated data matrix with ``adata.obsm[f"X_{key}"]`` and ``adata.uns[key]``.
-    key
-        Key of the dictionary.
+    {doc_adata}
+    {doc_key}
     groupby
         Column of ``adata.obs`` with the labels (at least two).
     thresholds
@@ -231,7 +196,7 @@ def selectivity(adata: AnnData, key: str = "sae", groupby: str = "cell_type", *,
 
     Returns
     -------
-    ``None``.
+    {doc_returns_tool}
 
     Sets the following fields:
 
@@ -245,21 +210,24 @@ def selectivity(adata: AnnData, key: str = "sae", groupby: str = "cell_type", *,
 
     Examples
     --------
-    >>> fl.tl.selectivity(adata, "icfl", "perturbation")
-    >>> adata.uns["icfl"]["selectivity"]["perturbation"]["summary"]
+    >>> import featurelens as fl
+    >>> adata = fl.datasets.kang2018(preprocess=True)
+    >>> fl.tl.sae(adata, "X_pca", n_features=64, n_steps=200, progress=False)
+    >>> fl.tl.selectivity(adata, "sae", "condition")
+    >>> fl.get.selectivity(adata, "sae", "condition").columns.tolist()
+    ['CTRL', 'STIM']
     """
-    check_adata(adata)
+    thr = [check_number(t, "thresholds", minimum=-1.0, maximum=1.0) for t in np.atleast_1d(thresholds).tolist()]
     Z = activations(adata, key)
     codes, labels = group_codes(adata, groupby, min_size=1)
     m = group_moments(Z, codes, len(labels))
     p = m.n_active / m.counts[:, None]
     avg, mx = selectivity_scores(p)
-    entry = adata.uns[key]
+    entry = get_entry(adata, key)
     feats = entry["features"]
     idx = feats.index
     avg_df = pd.DataFrame(avg.T, index=idx, columns=labels)
     max_df = pd.DataFrame(mx.T, index=idx, columns=labels)
-    thr = [float(t) for t in thresholds]
     summary = pd.DataFrame(
         {
             "n_average": [int((avg_df.max(axis=1) > t).sum()) for t in thr],
@@ -274,5 +242,5 @@ def selectivity(adata: AnnData, key: str = "sae", groupby: str = "cell_type", *,
         "max": max_df,
         "frac_active": pd.DataFrame(p.T, index=idx, columns=labels),
         "summary": summary,
-        "params": plain_params({"groupby": groupby, "featurelens_version": version()}),
+        "params": tool_params(groupby=groupby, thresholds=thr),
     }

@@ -10,7 +10,21 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from .._utils import available_reps, check_adata, check_finite, get_rep, plain_params, version
+from .._checks import check_choice, check_number, check_positive, check_positive_int, check_probability
+from .._core import (
+    available_reps,
+    check_finite,
+    claim,
+    doc,
+    embedding,
+    expression,
+    plain_params,
+    renamed,
+    resolve_device,
+    stem,
+    tool,
+    version,
+)
 from ..models.autoencoder import fit_autoencoder
 
 #: columns of a variable loaded densely at a time (bounds memory for variables with many dimensions, e.g. genes)
@@ -95,6 +109,8 @@ def _split(adata: AnnData, split_key: str | None, train: str, test: str) -> tupl
 
 
 # ---------------------------------------------------------------------------- superposition
+@tool
+@doc
 def superposition(
     adata: AnnData,
     use_rep: str,
@@ -104,7 +120,7 @@ def superposition(
     train: str = "train",
     test: str = "validation",
     key_added: str | None = None,
-) -> pd.DataFrame:
+) -> None:
     """How linearly a representation encodes each generative variable (Schuster 2025, A.2.3, Fig. 1C).
 
     For every dimension of every variable, an ordinary least-squares regression with intercept from
@@ -132,7 +148,7 @@ def superposition(
 
     Returns
     -------
-    The summary DataFrame (one row per variable), also stored.
+    {doc_returns_tool}
 
     Sets the following fields:
 
@@ -148,9 +164,9 @@ def superposition(
     >>> fl.tl.autoencoder(adata, 50)
     >>> fl.tl.superposition(adata, "X_ae", ["X_programs", "X_programs_batch", "X_programs_active"])
     """
-    check_adata(adata)
     variables = _as_list(variables)
-    Z = get_rep(adata, use_rep).astype(np.float64)
+    store_key = stem(key_added, "superposition")
+    Z = embedding(adata, use_rep).astype(np.float64)
     tr, te, used_split = _split(adata, split_key, train, test)
     mu = Z[tr].mean(axis=0)
     Zc = Z[tr] - mu
@@ -191,9 +207,8 @@ def superposition(
         "n_test": int(te.sum()),
         "featurelens_version": version(),
     }
-    store = adata.uns.setdefault(key_added or "superposition", {})
+    store = adata.uns.setdefault(store_key, {})
     store[use_rep] = {"summary": summ, "per_dimension": per_dim, "params": plain_params(params)}
-    return summ
 
 
 # ---------------------------------------------------------------------------- variable recovery
@@ -264,6 +279,8 @@ def _dictionary_activations(adata: AnnData, key: str):
     return Z, names
 
 
+@tool
+@doc
 def variable_recovery(
     adata: AnnData,
     variables: str | Sequence[str],
@@ -273,7 +290,7 @@ def variable_recovery(
     threshold: float = 0.95,
     absolute: bool | None = None,
     key_added: str | None = None,
-) -> pd.DataFrame:
+) -> None:
     """How well single features recover each generative variable (Schuster 2025, A.2.4, Table S5).
 
     For dictionary features (``key``: activations ``adata.obsm[f"X_{key}"]``) or the dimensions of
@@ -310,7 +327,7 @@ def variable_recovery(
 
     Returns
     -------
-    The summary DataFrame (one row per variable), also stored.
+    {doc_returns_tool}
 
     Sets the following fields:
 
@@ -331,69 +348,25 @@ def variable_recovery(
     >>> fl.tl.variable_recovery(adata, ["X", "X_programs", "X_programs_active"], key="sae")
     >>> fl.tl.variable_recovery(adata, ["X", "X_programs", "X_programs_active"], use_rep="X_pca")
     """
-    check_adata(adata)
     variables = _as_list(variables)
     if (key is None) == (use_rep is None):
         raise ValueError("Pass exactly one of `key=` (a dictionary) and `use_rep=` (a representation in adata.obsm).")
-    if not (isinstance(threshold, int | float) and -1 <= threshold <= 1):
-        raise ValueError(f"`threshold` must be a correlation in [-1, 1], got {threshold!r}.")
+    check_number(threshold, "threshold", minimum=-1.0, maximum=1.0)
+    store_key = stem(key_added, "variable_recovery")
     if key is not None:
         Z, names = _dictionary_activations(adata, key)
         name = key
     else:
-        Z = get_rep(adata, use_rep).astype(np.float64)
+        Z = embedding(adata, use_rep).astype(np.float64)
         names = pd.Index([str(i) for i in range(Z.shape[1])])
         name = use_rep
-    if absolute is None:
-        absolute = key is None
-    n_feat = Z.shape[1]
+    absolute = key is None if absolute is None else bool(absolute)
     rows, summary, feat_cols = [], {}, {}
     for var in variables:
         V, dims = _variable(adata, var)
-        best_r = np.full(V.shape[1], np.nan)
-        best_f = np.full(V.shape[1], -1, np.int64)
-        n_above = np.zeros(V.shape[1], np.int64)
-        f_best = np.full(n_feat, -np.inf)
-        f_dim = np.full(n_feat, -1, np.int64)
-        for start, block in _column_blocks(V):
-            r = correlate(Z, block)
-            if absolute:
-                r = np.abs(r)
-            r = np.nan_to_num(r, nan=-np.inf)
-            stop = start + block.shape[1]
-            arg = r.argmax(axis=0)
-            mx = r[arg, np.arange(r.shape[1])]
-            best_r[start:stop] = np.where(np.isfinite(mx), mx, np.nan)
-            best_f[start:stop] = np.where(np.isfinite(mx), arg, -1)
-            n_above[start:stop] = (r >= threshold).sum(axis=0)
-            farg = r.argmax(axis=1)
-            fmx = r[np.arange(n_feat), farg]
-            better = fmx > f_best
-            f_best[better] = fmx[better]
-            f_dim[better] = farg[better] + start
-        rows.append(
-            pd.DataFrame(
-                {
-                    "variable": var,
-                    "dimension": dims.to_numpy(),
-                    "best_r": best_r,
-                    "best_feature": np.where(best_f >= 0, names.to_numpy()[np.clip(best_f, 0, None)], ""),
-                    "n_features_above": n_above,
-                }
-            )
-        )
-        matched = np.isfinite(f_best) & (f_best >= threshold)
-        ok = best_r[np.isfinite(best_r)]
-        summary[var] = {
-            "mean_best_r": float(ok.mean()) if ok.size else np.nan,
-            "median_best_r": float(np.median(ok)) if ok.size else np.nan,
-            "n_dims": int(ok.size),
-            "n_dims_recovered": int((ok >= threshold).sum()),
-            "n_features_matched": int(matched.sum()),
-            "n_redundant": int(matched.sum() - np.unique(f_dim[matched]).size),
-        }
-        feat_cols[f"{var}_best_r"] = np.where(np.isfinite(f_best), f_best, np.nan)
-        feat_cols[f"{var}_best_dimension"] = np.where(f_dim >= 0, dims.to_numpy()[np.clip(f_dim, 0, None)], "")
+        per_dim, summary[var], cols = _recover_variable(Z, V, dims, names, threshold, absolute)
+        rows.append(per_dim.assign(variable=var)[["variable", *per_dim.columns]])
+        feat_cols.update({f"{var}_{c}": v for c, v in cols.items()})
     per_dim = pd.concat(rows, ignore_index=True)
     per_dim.index = (per_dim["variable"] + ":" + per_dim["dimension"].astype(str)).to_numpy()
     summ = pd.DataFrame.from_dict(summary, orient="index")
@@ -406,17 +379,66 @@ def variable_recovery(
         "absolute": bool(absolute),
         "featurelens_version": version(),
     }
-    store = adata.uns.setdefault(key_added or "variable_recovery", {})
+    store = adata.uns.setdefault(store_key, {})
     store[name] = {
         "summary": summ,
         "per_dimension": per_dim,
         "features": pd.DataFrame(feat_cols, index=names),
         "params": plain_params(params),
     }
-    return summ
+
+
+def _recover_variable(Z, V, dims: pd.Index, names: pd.Index, threshold: float, absolute: bool):
+    """Best feature per dimension of one variable and best dimension per feature, in column blocks."""
+    n_feat = Z.shape[1]
+    best_r = np.full(V.shape[1], np.nan)
+    best_f = np.full(V.shape[1], -1, np.int64)
+    n_above = np.zeros(V.shape[1], np.int64)
+    f_best = np.full(n_feat, -np.inf)
+    f_dim = np.full(n_feat, -1, np.int64)
+    for start, block in _column_blocks(V):
+        r = correlate(Z, block)
+        r = np.nan_to_num(np.abs(r) if absolute else r, nan=-np.inf)
+        stop = start + block.shape[1]
+        arg = r.argmax(axis=0)
+        mx = r[arg, np.arange(r.shape[1])]
+        best_r[start:stop] = np.where(np.isfinite(mx), mx, np.nan)
+        best_f[start:stop] = np.where(np.isfinite(mx), arg, -1)
+        n_above[start:stop] = (r >= threshold).sum(axis=0)
+        farg = r.argmax(axis=1)
+        fmx = r[np.arange(n_feat), farg]
+        better = fmx > f_best
+        f_best[better] = fmx[better]
+        f_dim[better] = farg[better] + start
+    per_dim = pd.DataFrame(
+        {
+            "dimension": dims.to_numpy(),
+            "best_r": best_r,
+            "best_feature": np.where(best_f >= 0, names.to_numpy()[np.clip(best_f, 0, None)], ""),
+            "n_features_above": n_above,
+        }
+    )
+    matched = np.isfinite(f_best) & (f_best >= threshold)
+    ok = best_r[np.isfinite(best_r)]
+    summary = {
+        "mean_best_r": float(ok.mean()) if ok.size else np.nan,
+        "median_best_r": float(np.median(ok)) if ok.size else np.nan,
+        "n_dims": int(ok.size),
+        "n_dims_recovered": int((ok >= threshold).sum()),
+        "n_features_matched": int(matched.sum()),
+        "n_redundant": int(matched.sum() - np.unique(f_dim[matched]).size),
+    }
+    cols = {
+        "best_r": np.where(np.isfinite(f_best), f_best, np.nan),
+        "best_dimension": np.where(f_dim >= 0, dims.to_numpy()[np.clip(f_dim, 0, None)], ""),
+    }
+    return per_dim, summary, cols
 
 
 # ---------------------------------------------------------------------------- structure recovery
+@tool
+@renamed(alpha="pval_cutoff")
+@doc
 def structure_recovery(
     adata: AnnData,
     key: str,
@@ -425,9 +447,9 @@ def structure_recovery(
     layer: str | None = None,
     connectivity=None,
     similarity: Literal["cosine", "pearson"] = "cosine",
-    alpha: float | None = None,
+    pval_cutoff: float | None = None,
     key_added: str | None = None,
-) -> pd.DataFrame:
+) -> None:
     """How well dictionary features recover the gene-program connectivity ``M`` (Schuster 2025, A.2.5).
 
     1. The cosine similarity (or, with ``similarity="pearson"``, the Pearson correlation) over cells
@@ -440,9 +462,9 @@ def structure_recovery(
        columns of ``M``) with a one-sided binomial test (``P(X >= overlap)``, ``X ~ Binomial(n
        connected genes, children / genes)``); p-values are Benjamini-Hochberg adjusted over all
        feature x program pairs of the percentile. A feature's best match is its program with the
-       smallest p-value (ties: the largest overlap). By default (``alpha=None``) every feature
-       with at least one gene shared with its best program counts as matched, as in the paper;
-       with ``alpha`` only those whose adjusted p-value is below it.
+       smallest p-value (ties: the largest overlap). By default (``pval_cutoff=None``) every
+       feature with at least one gene shared with its best program counts as matched, as in the
+       paper; with ``pval_cutoff`` only those whose adjusted p-value is below it.
     4. For every program, the union of the genes connected to the features that match it is its
        recovered children; the fraction of ``M``'s entries (edges) recovered is the number of true
        children among them over the number of entries of ``M`` (the paper reports 75 to 95 % over
@@ -468,8 +490,7 @@ def structure_recovery(
     adata
         Annotated data matrix with the observables in ``adata.X`` (or ``layer``) and the activations
         ``adata.obsm[f"X_{key}"]``, e.g. from :func:`featurelens.datasets.simulate`.
-    key
-        Key of the dictionary.
+    {doc_key}
     percentiles
         Percentiles (0-100) of each feature's similarities used as thresholds.
     layer
@@ -478,14 +499,15 @@ def structure_recovery(
         Genes x programs 0/1 matrix ``M``; default ``adata.uns["simulation"]["connectivity"]``.
     similarity
         ``"cosine"`` (the paper's choice) or ``"pearson"`` (centred cosine).
-    alpha
-        If given, a feature matches its best program only when the adjusted p-value is below it.
+    pval_cutoff
+        If given, a feature matches its best program only when the adjusted p-value is below it
+        (``alpha`` is its old name).
     key_added
         Key of ``adata.uns`` to write to (``"structure_recovery"``).
 
     Returns
     -------
-    The summary DataFrame (one row per percentile), also stored.
+    {doc_returns_tool}
 
     Sets the following fields:
 
@@ -505,12 +527,40 @@ def structure_recovery(
     >>> fl.tl.sae(adata, "X_ae")
     >>> fl.tl.structure_recovery(adata, "sae")
     """
-    from ..stats import bh_adjust, binomial_sets
-    from ._dge import expression_matrix
-
-    check_adata(adata)
+    check_choice(similarity, "similarity", ("cosine", "pearson"))
+    pct = [float(q) for q in percentiles]
+    if not pct or any(not 0 <= q < 100 for q in pct):
+        raise ValueError(f"`percentiles` must be numbers in [0, 100), got {percentiles!r}.")
+    if pval_cutoff is not None:
+        check_probability(pval_cutoff, "pval_cutoff")
+    store_key = stem(key_added, "structure_recovery")
     Z, names = _dictionary_activations(adata, key)
-    Y = expression_matrix(adata, layer)
+    Y = expression(adata, layer)
+    M = _connectivity(adata, connectivity)
+    S = _feature_gene_similarity(Z, Y, similarity)
+    summary, rows = {}, []
+    for q in pct:
+        summary[f"{q:g}"], table = _match_at_percentile(S, M, q, pval_cutoff)
+        rows.append(table.assign(feature=names.to_numpy())[["feature", *table.columns]])
+    feats = pd.concat(rows, ignore_index=True)
+    feats.index = (feats["feature"] + ":" + feats["percentile"].map("{:g}".format)).to_numpy()
+    summ = pd.DataFrame.from_dict(summary, orient="index")
+    summ.index.name = "percentile"
+    params = {
+        "key": key,
+        "percentiles": pct,
+        "layer": layer,
+        "similarity": similarity,
+        "pval_cutoff": None if pval_cutoff is None else float(pval_cutoff),
+        "n_programs": int(M.shape[1]),
+        "featurelens_version": version(),
+    }
+    store = adata.uns.setdefault(store_key, {})
+    store[key] = {"summary": summ, "features": feats, "params": plain_params(params)}
+
+
+def _connectivity(adata: AnnData, connectivity) -> sp.csc_matrix:
+    """The genes x programs 0/1 matrix (default: that of ``fl.datasets.simulate``)."""
     if connectivity is None:
         sim = adata.uns.get("simulation")
         if not isinstance(sim, dict) or "connectivity" not in sim:
@@ -526,99 +576,77 @@ def structure_recovery(
         )
     M.data = (M.data != 0).astype(np.float64)
     M.eliminate_zeros()
-    pct = [float(q) for q in percentiles]
-    if not pct or any(not 0 <= q < 100 for q in pct):
-        raise ValueError(f"`percentiles` must be numbers in [0, 100), got {percentiles!r}.")
-    if alpha is not None and not 0 < alpha <= 1:
-        raise ValueError(f"`alpha` must be None or in (0, 1], got {alpha}.")
-    if similarity not in ("cosine", "pearson"):
-        raise ValueError(f"`similarity` must be 'cosine' or 'pearson', got {similarity!r}.")
+    return M
 
-    # 1. cosine similarity, features x genes, as one (sparse) product
+
+def _feature_gene_similarity(Z, Y, similarity: str) -> np.ndarray:
+    """Cosine (or Pearson) similarity over cells of every feature with every gene: features x genes."""
     Zs = sp.csr_matrix(Z, dtype=np.float64) if sp.issparse(Z) else np.asarray(Z, dtype=np.float64)
     Ys = sp.csr_matrix(Y, dtype=np.float64) if sp.issparse(Y) else np.asarray(Y, dtype=np.float64)
-    if not (np.isfinite(Ys.data if sp.issparse(Ys) else Ys).all()):
-        raise ValueError("The observables contain NaN or Inf values.")
     if similarity == "pearson":
-        S = np.concatenate([np.nan_to_num(correlate(Zs, block)) for _, block in _column_blocks(Ys)], axis=1)
-    else:
-        cross = Zs.T @ Ys
-        cross = cross.toarray() if sp.issparse(cross) else np.asarray(cross)
-        zn = np.sqrt(np.asarray(Zs.multiply(Zs).sum(axis=0)).ravel() if sp.issparse(Zs) else (Zs**2).sum(axis=0))
-        yn = np.sqrt(np.asarray(Ys.multiply(Ys).sum(axis=0)).ravel() if sp.issparse(Ys) else (Ys**2).sum(axis=0))
-        denom = np.outer(zn, yn)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            S = np.where(denom > 0, cross / np.where(denom > 0, denom, 1.0), 0.0)
+        return np.concatenate([np.nan_to_num(correlate(Zs, block)) for _, block in _column_blocks(Ys)], axis=1)
+    cross = Zs.T @ Ys
+    cross = cross.toarray() if sp.issparse(cross) else np.asarray(cross)
+    zn = np.sqrt(np.asarray(Zs.multiply(Zs).sum(axis=0)).ravel() if sp.issparse(Zs) else (Zs**2).sum(axis=0))
+    yn = np.sqrt(np.asarray(Ys.multiply(Ys).sum(axis=0)).ravel() if sp.issparse(Ys) else (Ys**2).sum(axis=0))
+    denom = np.outer(zn, yn)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(denom > 0, cross / np.where(denom > 0, denom, 1.0), 0.0)
+
+
+def _match_at_percentile(S: np.ndarray, M: sp.csc_matrix, q: float, pval_cutoff: float | None):
+    """Pseudo connectivity at percentile ``q``, binomial matches to programs and the recovered edges."""
+    from ..stats import bh_adjust, binomial_sets
 
     n_feat, n_prog = S.shape[0], M.shape[1]
     children = np.asarray(M.sum(axis=0)).ravel()
     n_edges = float(children.sum())
     Md = M.toarray().astype(bool)
-    summary, rows = {}, []
-    for q in pct:
-        # 2. pseudo connectivity: genes above the feature's q-th percentile
-        thr = np.percentile(S, q, axis=1)
-        C = S > thr[:, None]
-        # 3. binomial test of every feature against every program
-        res = binomial_sets(sp.csr_matrix(C), M)
-        pval = np.ones((n_feat, n_prog))
-        hits = np.zeros((n_feat, n_prog), np.int64)
-        pval[res.rows, res.sets] = res.pval
-        hits[res.rows, res.sets] = res.hits
-        padj = bh_adjust(pval.ravel()).reshape(pval.shape)
-        best = np.lexsort((-hits, pval), axis=-1)[:, 0]  # smallest p-value, ties: largest overlap
-        best_p = pval[np.arange(n_feat), best]
-        best_adj = padj[np.arange(n_feat), best]
-        matched = hits[np.arange(n_feat), best] > 0
-        if alpha is not None:
-            matched &= best_adj < alpha
-        # 4. recovered edges: per program, the union of the genes of the features that match it
-        rec = np.zeros_like(Md)
-        for f in np.flatnonzero(matched):
-            rec[:, best[f]] |= C[f]
-        tp = float((rec & Md).sum())
-        progs = np.unique(best[matched])
-        edges_matched = float(children[progs].sum())
-        summary[f"{q:g}"] = {
-            "n_features_matched": int(matched.sum()),
-            "n_programs_matched": int(progs.size),
-            "frac_recovered": tp / n_edges if n_edges else np.nan,
-            "frac_recovered_matched": tp / edges_matched if edges_matched else np.nan,
-            "precision": tp / float(rec.sum()) if rec.sum() else np.nan,
-        }
-        rows.append(
-            pd.DataFrame(
-                {
-                    "feature": names.to_numpy(),
-                    "percentile": q,
-                    "best_program": np.where(hits[np.arange(n_feat), best] > 0, best.astype(str), ""),
-                    "n_genes": C.sum(axis=1).astype(np.int64),
-                    "overlap": hits[np.arange(n_feat), best],
-                    "pval": best_p,
-                    "pval_adj": best_adj,
-                    "matched": matched,
-                }
-            )
-        )
-    feats = pd.concat(rows, ignore_index=True)
-    feats.index = (feats["feature"] + ":" + feats["percentile"].map("{:g}".format)).to_numpy()
-    summ = pd.DataFrame.from_dict(summary, orient="index")
-    summ.index.name = "percentile"
-    params = {
-        "key": key,
-        "percentiles": pct,
-        "layer": layer,
-        "similarity": similarity,
-        "alpha": None if alpha is None else float(alpha),
-        "n_programs": int(n_prog),
-        "featurelens_version": version(),
+    # pseudo connectivity: genes above the feature's q-th percentile
+    C = S > np.percentile(S, q, axis=1)[:, None]
+    # binomial test of every feature against every program
+    res = binomial_sets(sp.csr_matrix(C), M)
+    pval = np.ones((n_feat, n_prog))
+    hits = np.zeros((n_feat, n_prog), np.int64)
+    pval[res.rows, res.sets] = res.pval
+    hits[res.rows, res.sets] = res.hits
+    padj = bh_adjust(pval.ravel()).reshape(pval.shape)
+    best = np.lexsort((-hits, pval), axis=-1)[:, 0]  # smallest p-value, ties: largest overlap
+    rows = np.arange(n_feat)
+    matched = hits[rows, best] > 0
+    if pval_cutoff is not None:
+        matched &= padj[rows, best] < pval_cutoff
+    # recovered edges: per program, the union of the genes of the features that match it
+    rec = np.zeros_like(Md)
+    for f in np.flatnonzero(matched):
+        rec[:, best[f]] |= C[f]
+    tp = float((rec & Md).sum())
+    progs = np.unique(best[matched])
+    edges_matched = float(children[progs].sum())
+    summary = {
+        "n_features_matched": int(matched.sum()),
+        "n_programs_matched": int(progs.size),
+        "frac_recovered": tp / n_edges if n_edges else np.nan,
+        "frac_recovered_matched": tp / edges_matched if edges_matched else np.nan,
+        "precision": tp / float(rec.sum()) if rec.sum() else np.nan,
     }
-    store = adata.uns.setdefault(key_added or "structure_recovery", {})
-    store[key] = {"summary": summ, "features": feats, "params": plain_params(params)}
-    return summ
+    table = pd.DataFrame(
+        {
+            "percentile": q,
+            "best_program": np.where(hits[rows, best] > 0, best.astype(str), ""),
+            "n_genes": C.sum(axis=1).astype(np.int64),
+            "overlap": hits[rows, best],
+            "pval": pval[rows, best],
+            "pval_adj": padj[rows, best],
+            "matched": matched,
+        }
+    )
+    return summary, table
 
 
 # ---------------------------------------------------------------------------- a small autoencoder (A.2.2)
+@tool
+@doc
 def autoencoder(
     adata: AnnData,
     latent_dim: int,
@@ -636,8 +664,8 @@ def autoencoder(
     validation_fraction: float = 0.1,
     device: str = "auto",
     random_state: int = 0,
-    key_added: str | None = None,
     progress: bool = True,
+    key_added: str | None = None,
 ) -> None:
     """A small MLP autoencoder of the expression, with early stopping (Schuster 2025, A.2.2).
 
@@ -687,7 +715,7 @@ def autoencoder(
 
     Returns
     -------
-    ``None``.
+    {doc_returns_tool}
 
     Sets the following fields:
 
@@ -703,87 +731,31 @@ def autoencoder(
     >>> fl.tl.autoencoder(adata, 50)
     >>> fl.tl.superposition(adata, "X_ae", ["X_programs", "X_programs_active"])
     """
-    from .._utils import check_positive_int, resolve_device
-
-    check_adata(adata)
     latent_dim = check_positive_int(latent_dim, "latent_dim")
     n_epochs = check_positive_int(n_epochs, "n_epochs")
     batch_size = check_positive_int(batch_size, "batch_size")
     patience = check_positive_int(patience, "patience")
     hidden = tuple(check_positive_int(h, "hidden") for h in hidden)
-    if not (isinstance(lr, int | float) and lr > 0):
-        raise ValueError(f"`lr` must be a positive number, got {lr!r}.")
-    if layer is None:
-        X = adata.X
-        if X is None:
-            raise ValueError("adata.X is empty; pass `layer=` with the counts.")
-    elif layer in adata.layers:
-        X = adata.layers[layer]
-    else:
-        raise ValueError(f"`layer={layer!r}` is not in adata.layers, which has {list(adata.layers) or 'nothing'}.")
-    X = sp.csr_matrix(X, dtype=np.float32) if sp.issparse(X) else np.asarray(X, dtype=np.float32)
-    values = X.data if sp.issparse(X) else X
-    if not np.isfinite(values).all():
-        raise ValueError("The expression contains NaN or Inf values; remove or impute them first.")
-    if log1p:
-        if (values < 0).any():
-            raise ValueError("`log1p=True` needs non-negative counts; pass `log1p=False` for transformed data.")
-        X = X.log1p() if sp.issparse(X) else np.log1p(X)
-    if sp.issparse(X) and X.shape[0] * X.shape[1] <= 50_000_000:
-        X = X.toarray()  # small enough: densify once instead of per batch
-    if split_key is not None and split_key in adata.obs:
-        tr, te, _ = _split(adata, split_key, train, test)
-        used = split_key
-    else:
-        if split_key not in (None, "split"):
-            raise ValueError(
-                f"`split_key={split_key!r}` is not a column of adata.obs; pass `split_key=None` to hold out "
-                "a random `validation_fraction` of the cells."
-            )
-        if not 0 < validation_fraction < 1:
-            raise ValueError(f"`validation_fraction` must be in (0, 1), got {validation_fraction}.")
-        n_val = max(1, round(validation_fraction * adata.n_obs))
-        if adata.n_obs - n_val < 1:
-            raise ValueError("Too few cells to hold out a validation set.")
-        te = np.zeros(adata.n_obs, bool)
-        te[np.random.default_rng(random_state).choice(adata.n_obs, n_val, replace=False)] = True
-        tr = ~te
-        used = None
-    import torch
-
+    lr = check_positive(lr, "lr")
+    key = stem(key_added, "ae")
+    claim(adata, key, kind="autoencoder")
+    X = _autoencoder_input(adata, layer, log1p)
+    tr, te, used = _holdout(adata, split_key, train, test, validation_fraction, random_state)
     dev = resolve_device(device)
     model, history, best_epoch = fit_autoencoder(
-        X,
-        np.flatnonzero(tr),
-        np.flatnonzero(te),
-        latent_dim=latent_dim,
-        hidden=hidden,
-        n_epochs=n_epochs,
-        batch_size=batch_size,
-        lr=float(lr),
-        patience=patience,
-        device=dev,
-        random_state=random_state,
-        progress=progress,
-    )
-    encoder = model[0]
-    out = np.empty((adata.n_obs, latent_dim), np.float32)
-    with torch.no_grad():
-        for s in range(0, adata.n_obs, 4096):
-            block = X[s : s + 4096]
-            block = block.toarray() if sp.issparse(block) else block
-            out[s : s + 4096] = encoder(torch.as_tensor(block, device=dev)).cpu().numpy()
-    key = key_added or "ae"
-    adata.obsm[f"X_{key}"] = out
+        X, np.flatnonzero(tr), np.flatnonzero(te), latent_dim=latent_dim, hidden=hidden, n_epochs=n_epochs,
+        batch_size=batch_size, lr=lr, patience=patience, device=dev, random_state=random_state, progress=progress,
+    )  # fmt: skip
     hist = pd.DataFrame(history)
     hist["epoch"] = hist["epoch"].astype(np.int64)
     params = {
+        "method": "autoencoder",
         "latent_dim": latent_dim,
         "layer": layer,
         "hidden": list(hidden),
         "n_epochs": n_epochs,
         "batch_size": batch_size,
-        "lr": float(lr),
+        "lr": lr,
         "patience": patience,
         "log1p": log1p,
         "split_key": used,
@@ -794,9 +766,56 @@ def autoencoder(
         "random_state": random_state,
         "featurelens_version": version(),
     }
+    adata.obsm[f"X_{key}"] = _embed(model[0], X, dev, latent_dim)
     adata.uns[key] = {
         "history": hist,
         "best_epoch": int(best_epoch),
         "best_val_loss": float(hist["val_loss"].iloc[best_epoch]),
         "params": plain_params(params),
     }
+
+
+def _autoencoder_input(adata: AnnData, layer: str | None, log1p: bool):
+    """Float32 expression (``log1p`` of the counts), dense when small enough to densify once."""
+    X = expression(adata, layer)
+    X = sp.csr_matrix(X, dtype=np.float32) if sp.issparse(X) else np.asarray(X, dtype=np.float32)
+    if log1p:
+        values = X.data if sp.issparse(X) else X
+        if (values < 0).any():
+            raise ValueError("`log1p=True` needs non-negative counts; pass `log1p=False` for transformed data.")
+        X = X.log1p() if sp.issparse(X) else np.log1p(X)
+    if sp.issparse(X) and X.shape[0] * X.shape[1] <= 50_000_000:
+        X = X.toarray()  # small enough: densify once instead of per batch
+    return X
+
+
+def _holdout(adata: AnnData, split_key, train, test, validation_fraction, random_state):
+    """Training and validation masks: the split column, or a random fraction of the cells."""
+    if split_key is not None and split_key in adata.obs:
+        tr, te, _ = _split(adata, split_key, train, test)
+        return tr, te, split_key
+    if split_key not in (None, "split"):
+        raise ValueError(
+            f"`split_key={split_key!r}` is not a column of adata.obs; pass `split_key=None` to hold out "
+            "a random `validation_fraction` of the cells."
+        )
+    check_number(validation_fraction, "validation_fraction", minimum=0.0, maximum=1.0, low_open=True, high_open=True)
+    n_val = max(1, round(validation_fraction * adata.n_obs))
+    if adata.n_obs - n_val < 1:
+        raise ValueError("Too few cells to hold out a validation set.")
+    te = np.zeros(adata.n_obs, bool)
+    te[np.random.default_rng(random_state).choice(adata.n_obs, n_val, replace=False)] = True
+    return ~te, te, None
+
+
+def _embed(encoder, X, dev, latent_dim: int) -> np.ndarray:
+    """The encoder's embedding of every row, in blocks."""
+    import torch
+
+    out = np.empty((X.shape[0], latent_dim), np.float32)
+    with torch.no_grad():
+        for s in range(0, X.shape[0], 4096):
+            block = X[s : s + 4096]
+            block = block.toarray() if sp.issparse(block) else block
+            out[s : s + 4096] = encoder(torch.as_tensor(block, device=dev)).cpu().numpy()
+    return out

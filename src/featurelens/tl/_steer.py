@@ -2,69 +2,33 @@
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from .._utils import check_adata, plain_params, version
-from ..models.decoders import RidgeDecoder, r2_per_gene
-from ..stats import bh_adjust, paired_ttest
-from ._dge import _looks_log1p, expression_matrix, resolve_features
-from ._dictionary import _get_entry, _prepared_input
-from ._features import activations
+from .._checks import check_choice, check_nonnegative, check_positive_int
+from .._core import (
+    doc,
+    expression,
+    feature_column,
+    get_entry,
+    group_codes,
+    one_feature,
+    prepared_input,
+    resolve_log1p,
+    select_cells,
+    stem,
+    tool,
+    tool_params,
+)
+from ..models.decoders import CallableDecoder, LinearMapDecoder, RidgeDecoder
+from ..stats import PAIRED_METHODS, bh_adjust, paired_test
 
-METHODS = ("t-test", "wilcoxon", "deseq2")
+METHODS = PAIRED_METHODS
 DECODERS = ("linear", "pca")
-
-
-def select_cells(adata: AnnData, cells=None, groupby: str | None = None, group=None) -> np.ndarray:
-    """Boolean mask of the cells chosen by a mask, an obs query, obs names or positions, and/or a group."""
-    n = adata.n_obs
-    mask = np.ones(n, dtype=bool)
-    if cells is not None:
-        if isinstance(cells, str):
-            try:
-                hit = adata.obs.query(cells).index
-            except Exception as err:  # pandas raises many types for a bad expression
-                raise ValueError(f"cells={cells!r} is not a valid query of adata.obs: {err}") from err
-            mask &= adata.obs_names.isin(hit)
-        else:
-            arr = np.asarray(cells.to_numpy() if isinstance(cells, pd.Series) else cells)
-            if arr.dtype == bool:
-                if arr.shape != (n,):
-                    raise ValueError(f"A boolean cells mask must have one entry per cell ({n}), got shape {arr.shape}.")
-                mask &= arr
-            elif np.issubdtype(arr.dtype, np.integer):
-                if arr.size and (arr.min() < -n or arr.max() >= n):
-                    raise ValueError(f"cells positions must lie in [0, {n}).")
-                m = np.zeros(n, dtype=bool)
-                m[arr] = True
-                mask &= m
-            else:
-                pos = adata.obs_names.get_indexer(arr.astype(str))
-                if (pos < 0).any():
-                    raise ValueError(f"Unknown cell name(s), e.g. {arr[pos < 0][0]!r}.")
-                m = np.zeros(n, dtype=bool)
-                m[pos] = True
-                mask &= m
-    if groupby is not None or group is not None:
-        if groupby is None or group is None:
-            raise ValueError("Pass both groupby= (an obs column) and group= (one or several of its values).")
-        if groupby not in adata.obs:
-            raise ValueError(f"groupby={groupby!r} is not a column of adata.obs.")
-        groups = [group] if isinstance(group, str) or not isinstance(group, Sequence) else list(group)
-        col = adata.obs[groupby].astype(str)
-        missing = [g for g in groups if g not in set(col)]
-        if missing:
-            raise ValueError(f"Group(s) {missing} are not in adata.obs[{groupby!r}].")
-        mask &= col.isin([str(g) for g in groups]).to_numpy()
-    if not mask.any():
-        raise ValueError("The cell selection is empty; check cells= / groupby= / group=.")
-    return mask
 
 
 def _subset_ctx(ctx: dict, idx: np.ndarray) -> dict:
@@ -75,29 +39,146 @@ def _subset_ctx(ctx: dict, idx: np.ndarray) -> dict:
     return out
 
 
-def _pca_decoder(adata: AnnData, rep: str, X: np.ndarray, E):
+def _steering_value(z_all: np.ndarray, value, scale, fname: str) -> float:
+    """The value the feature is set to: its maximum in the data or a number, times ``scale``."""
+    if isinstance(value, str):
+        check_choice(value, "value", ("max",))
+        v = float(z_all.max())
+        if v <= 0:
+            raise ValueError(f"Feature {fname!r} is never active, so value='max' is 0; pass a number.")
+    elif isinstance(value, int | float | np.number) and not isinstance(value, bool):
+        v = float(value)
+    else:
+        raise ValueError(f"`value` must be 'max' or a number, got {value!r}.")
+    if scale is not None:
+        v *= float(scale)
+    if not np.isfinite(v):
+        raise ValueError(f"The steering value must be finite, got {v}.")
+    return v
+
+
+def _steer_embedding(adata: AnnData, entry: dict, f: int, z: np.ndarray, idx: np.ndarray, v: float, use_rep):
+    """Original and steered embeddings of the chosen cells: ``x' = x + inverse-preprocess(d_f (v - z_f))``."""
+    rep, X, _, ctx, pre = prepared_input(adata, entry, use_rep, None)
+    X = np.asarray(X, dtype=np.float64)
+    direction = np.asarray(entry["decoder"], dtype=np.float64)[f]
+    delta_model = ((v - z)[:, None] * direction[None, :]).astype(np.float32)
+    delta = np.asarray(pre.inverse(delta_model, _subset_ctx(ctx, idx), linear=True), np.float64)
+    X0 = X[idx]
+    return rep, X, X0, X0 + delta
+
+
+def _decoder(adata: AnnData, decoder, *, layer, rep, X, ridge_alpha, log1p, clip):
+    """The expression decoder, whether its predictions are log1p values and whether they are clipped at 0."""
+    if callable(decoder):
+        dec = CallableDecoder(decoder, adata.n_vars)
+        return dec, bool(log1p) if log1p is not None else False, bool(clip) if clip is not None else False
+    check_choice(decoder, "decoder", DECODERS)
+    E = expression(adata, layer)
+    is_log = resolve_log1p(adata, E, layer, log1p)
+    nonneg = (E.data.min(initial=0.0) if sp.issparse(E) else np.min(E, initial=0.0)) >= 0
+    do_clip = bool(nonneg) if clip is None else bool(clip)
+    if decoder == "linear":
+        return RidgeDecoder.fit(X, E, alpha=ridge_alpha), is_log, do_clip
     if "PCs" not in adata.varm:
         raise ValueError(
             "decoder='pca' needs the PCA loadings in adata.varm['PCs'] (from `sc.pp.pca`); they are missing. "
             "Use decoder='linear' instead."
         )
-    PCs = np.asarray(adata.varm["PCs"], dtype=np.float64)
-    if PCs.shape[1] != X.shape[1]:
+    if adata.varm["PCs"].shape[1] != X.shape[1]:
         raise ValueError(
-            f"adata.varm['PCs'] has {PCs.shape[1]} components but the embedding {rep!r} has {X.shape[1]} "
-            "dimensions; decoder='pca' needs the dictionary to be trained on that PCA."
+            f"adata.varm['PCs'] has {adata.varm['PCs'].shape[1]} components but the embedding {rep!r} has "
+            f"{X.shape[1]} dimensions; decoder='pca' needs the dictionary to be trained on that PCA."
         )
-    genes = np.flatnonzero(np.abs(PCs).sum(1) > 0)
-    Eg = E[:, genes]
-    mean = np.asarray(Eg.mean(0)).ravel()
-    load = PCs[genes].T
-
-    def predict(Z):
-        return np.asarray(Z, dtype=np.float64) @ load + mean
-
-    return genes, predict, Eg
+    return LinearMapDecoder.from_pca(X, E, adata.varm["PCs"]), is_log, do_clip
 
 
+def _gene_table(genes: pd.Index, P0, P1, is_log: bool, res, r2) -> pd.DataFrame:
+    """One row per gene, sorted by adjusted p then effect size."""
+    lin0, lin1 = (np.expm1(P0), np.expm1(P1)) if is_log else (P0, P1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lfc = np.log2((lin1.mean(0) + 1e-9) / (lin0.mean(0) + 1e-9))
+    lfc = np.where(np.isnan(res.log2fc), lfc, res.log2fc)
+    ok = np.isfinite(res.pval)
+    padj = np.full(res.pval.shape, np.nan)
+    if ok.any():
+        padj[ok] = bh_adjust(res.pval[ok])
+    d = res.mean_diff
+    table = pd.DataFrame(
+        {
+            "gene": genes,
+            "mean_original": P0.mean(0),
+            "mean_steered": P1.mean(0),
+            "delta": d,
+            "log2fc": lfc,
+            "statistic": res.statistic,
+            "pval": res.pval,
+            "padj": padj,
+            "direction": pd.Categorical(
+                np.where(d > 0, "up", np.where(d < 0, "down", "none")), categories=["down", "none", "up"]
+            ),
+            "r2": r2,
+        }
+    )
+    key = lambda s: s.abs() if s.name == "delta" else s  # noqa: E731
+    return table.sort_values(["padj", "delta"], key=key, ascending=[True, False]).reset_index(drop=True)
+
+
+def _view(X: np.ndarray) -> tuple[dict, Callable]:
+    """A 2-component PCA of the embedding (fixed seed): the 2-D view the steered cells are shown in."""
+    from sklearn.decomposition import PCA
+
+    pca = PCA(n_components=min(2, X.shape[1]), random_state=0).fit(X)
+    view = {
+        "mean": pca.mean_.astype(np.float64),
+        "components": pca.components_.astype(np.float64),
+        "explained_variance_ratio": pca.explained_variance_ratio_.astype(np.float64),
+    }
+    return view, pca.transform
+
+
+def _movement(adata: AnnData, col: str, X: np.ndarray, X0: np.ndarray, X1: np.ndarray, project: Callable):
+    """Distances of the steered cells to every group centroid before and after, and the nearest groups."""
+    codes, cats = group_codes(adata, col, min_size=1, what="centroids", min_groups=1)
+    order = np.argsort(cats.to_numpy().astype(str), kind="stable")
+    cats = cats[order]
+    codes = np.argsort(order)[codes]
+    C = np.stack([X[codes == g].mean(0) for g in range(len(cats))])
+    d0 = np.sqrt(((X0[:, None, :] - C[None]) ** 2).sum(-1))
+    d1 = np.sqrt(((X1[:, None, :] - C[None]) ** 2).sum(-1))
+    xy = project(C)
+    movement = pd.DataFrame(
+        {
+            "dist_before": d0.mean(0),
+            "dist_after": d1.mean(0),
+            "shift_toward": (d0 - d1).mean(0),
+            "frac_nearest_before": np.bincount(d0.argmin(1), minlength=len(cats)) / len(X0),
+            "frac_nearest_after": np.bincount(d1.argmin(1), minlength=len(cats)) / len(X0),
+            "pc1": xy[:, 0],
+            "pc2": xy[:, 1] if xy.shape[1] > 1 else 0.0,
+        },
+        index=pd.Index(cats.astype(str), name=None),
+    )
+    return movement, np.asarray(cats[d0.argmin(1)]), np.asarray(cats[d1.argmin(1)])
+
+
+def _cell_table(adata, idx, z, X0, X1, project) -> pd.DataFrame:
+    a, b = project(X0), project(X1)
+    table = pd.DataFrame({"obs_name": adata.obs_names[idx].astype(str), "z": z})
+    for i in range(a.shape[1]):
+        table[f"pc{i + 1}_before"] = a[:, i]
+        table[f"pc{i + 1}_after"] = b[:, i]
+    return table
+
+
+def _check_steer_options(method, n_deseq, ridge_alpha) -> None:
+    check_choice(method, "method", METHODS)
+    check_positive_int(n_deseq, "n_deseq")
+    check_nonnegative(ridge_alpha, "ridge_alpha")
+
+
+@tool
+@doc
 def steer(
     adata: AnnData,
     key: str,
@@ -118,6 +199,7 @@ def steer(
     clip: bool | None = None,
     n_deseq: int = 50,
     random_state: int = 0,
+    progress: bool = True,
     key_added: str | None = None,
 ) -> None:
     """Set one feature in chosen cells, decode to expression and test which genes move.
@@ -130,16 +212,14 @@ def steer(
 
     With the linear decoders the change of every gene is ``(v - z_f)`` times a fixed gene loading, so the
     paired statistic measures how consistently genes move across cells, and the effect size (``delta`` and
-    ``log2fc``) ranks them; predictions of non-negative data are clipped at zero (``clip``).
+    ``log2fc``) ranks them; predictions of non-negative data are clipped at zero (``clip``). The run also
+    stores the 2-D view (a PCA of the embedding) that :func:`featurelens.pl.steering` draws.
 
     Parameters
     ----------
-    adata
-        Annotated data matrix with the dictionary and its activations.
-    key
-        Key of the dictionary.
-    feature
-        Feature name (``"f12"``) or position.
+    {doc_adata}
+    {doc_key}
+    {doc_feature}
     cells
         A boolean mask, an ``adata.obs.query`` string, obs names or positions; default all cells.
     groupby, group
@@ -178,12 +258,13 @@ def steer(
         Cells used by ``method="deseq2"``.
     random_state
         Seed for the DESeq2 subsample.
+    {doc_progress}
     key_added
-        Name of the result (default: the feature name).
+        Name of the run (default: the feature name).
 
     Returns
     -------
-    ``None``.
+    {doc_returns_tool}
 
     Sets the following fields:
 
@@ -192,271 +273,76 @@ def steer(
         difference), ``log2fc``, ``statistic``, ``pval``, ``padj`` (BH over genes), ``direction``
         and the decoder's ``r2`` for the gene; sorted by adjusted p then effect size.
     ``adata.uns[key]["steering"][name]["cells"]`` : :class:`pandas.DataFrame`
-        Per steered cell: ``obs_name``, activation before (``z``), and with ``centroids`` the nearest
-        group before and after.
+        Per steered cell: ``obs_name``, activation before (``z``), the 2-D view coordinates before and
+        after (``pc1_before``, ``pc2_before``, ``pc1_after``, ``pc2_after``) and, with ``centroids``,
+        the nearest group before and after.
     ``adata.uns[key]["steering"][name]["embedding"]`` : :class:`numpy.ndarray`
         The steered embedding of those cells (cells x d).
+    ``adata.uns[key]["steering"][name]["view"]`` : :class:`dict`
+        The 2-D view: a PCA of the embedding of all cells (``mean``, ``components``,
+        ``explained_variance_ratio``).
     ``adata.uns[key]["steering"][name]["movement"]`` : :class:`pandas.DataFrame`
         With ``centroids``: per group, the mean distance of the steered cells to its centroid before and
-        after and the shift toward it (positive = closer), and the fraction of cells whose nearest
-        centroid changed (``params["frac_nearest_changed"]``).
+        after, the shift toward it (positive = closer), the fraction of cells nearest to it and its
+        position in the view (``pc1``, ``pc2``); ``params["frac_nearest_changed"]`` is the fraction of
+        cells whose nearest centroid changed.
     ``adata.uns[key]["steering"][name]["params"]`` : :class:`dict`
         Options, the value ``v`` used, the number of cells and the decoder quality (``r2``).
 
     Examples
     --------
-    >>> fl.tl.steer(adata, "sae", "f12", groupby="cell_type", group="CD14 Mono", cells="condition == 'CTRL'",
-    ...             centroids="condition")
-    >>> fl.get.steering(adata, "sae", "f12").query("padj < 0.05").nlargest(20, "log2fc")
+    >>> import featurelens as fl
+    >>> adata = fl.datasets.kang2018(preprocess=True)
+    >>> fl.tl.sae(adata, "X_pca", n_features=64, n_steps=200, progress=False)
+    >>> fl.tl.steer(adata, "sae", "f0", groupby="cell_type", group="CD14 Mono", cells="condition == 'CTRL'",
+    ...             centroids="condition", progress=False)
+    >>> fl.get.steering(adata, "sae", "f0").columns[:3].tolist()
+    ['gene', 'mean_original', 'mean_steered']
     """
-    check_adata(adata)
-    entry = _get_entry(adata, key)
-    if method not in METHODS:
-        raise ValueError(f"Unknown method {method!r}; choose from {METHODS}.")
-    if isinstance(feature, list | tuple | np.ndarray):
-        raise ValueError("Steer one feature at a time (pass a name like 'f12' or a position).")
-    f = int(resolve_features(entry, feature)[0])
-    fname = str(entry["features"].index[f])
-    mask = select_cells(adata, cells, groupby, group)
-    idx = np.flatnonzero(mask)
+    from tqdm.auto import tqdm
+
+    _check_steer_options(method, n_deseq, ridge_alpha)
+    entry = get_entry(adata, key)
+    f, fname = one_feature(entry, feature)
+    name = stem(key_added, fname)
+    idx = np.flatnonzero(select_cells(adata, cells, groupby, group))
     if method != "deseq2" and idx.size < 2:
         raise ValueError(f"Steering needs at least 2 cells for a paired test; the selection has {idx.size}.")
-
-    Z = activations(adata, key)
-    zf_all = np.asarray(Z[:, f].toarray()).ravel().astype(np.float64)
-    if isinstance(value, str):
-        if value != "max":
-            raise ValueError(f"value must be 'max' or a number, got {value!r}.")
-        v = float(zf_all.max())
-        if v <= 0:
-            raise ValueError(f"Feature {fname!r} is never active, so value='max' is 0; pass a number.")
-    elif isinstance(value, int | float | np.number) and not isinstance(value, bool):
-        v = float(value)
-    else:
-        raise ValueError(f"value must be 'max' or a number, got {value!r}.")
-    if scale is not None:
-        v *= float(scale)
-    if not np.isfinite(v):
-        raise ValueError(f"The steering value must be finite, got {v}.")
-
-    rep, X, _, ctx, pre = _prepared_input(adata, entry, use_rep, None)
-    X = np.asarray(X, dtype=np.float64)
-    z = zf_all[idx]
-    direction = np.asarray(entry["decoder"], dtype=np.float64)[f]
-    delta_model = (v - z)[:, None] * direction[None, :]
-    delta = np.asarray(pre.inverse(delta_model.astype(np.float32), _subset_ctx(ctx, idx), linear=True), np.float64)
-    X0 = X[idx]
-    X1 = X0 + delta
-
-    genes = adata.var_names.astype(str)
-    quality: dict = {}
-    r2 = np.full(len(genes), np.nan)
-    if callable(decoder):
-        P0 = np.asarray(decoder(X0.astype(np.float32)), dtype=np.float64)
-        P1 = np.asarray(decoder(X1.astype(np.float32)), dtype=np.float64)
-        for P in (P0, P1):
-            if P.shape != (idx.size, adata.n_vars):
-                raise ValueError(
-                    f"The decoder returned shape {P.shape}; expected (cells, genes) = ({idx.size}, {adata.n_vars}) "
-                    "matching adata.var_names."
-                )
-        dec_name = getattr(decoder, "__name__", type(decoder).__name__)
-        is_log = bool(log1p) if log1p is not None else False
-        gene_idx = np.arange(len(genes))
-        do_clip = bool(clip) if clip is not None else False
-    elif decoder in DECODERS:
-        E = expression_matrix(adata, layer)
-        is_log = _looks_log1p(adata, E, layer) if log1p is None else bool(log1p)
-        nonneg = (E.data.min(initial=0.0) if sp.issparse(E) else np.min(E, initial=0.0)) >= 0
-        do_clip = nonneg if clip is None else bool(clip)
-        if decoder == "linear":
-            model = RidgeDecoder.fit(X, E, alpha=ridge_alpha)
-            gene_idx = np.arange(len(genes))
-            r2[:] = model.r2
-            quality = {"r2": model.r2_total, "ridge_alpha": float(ridge_alpha)}
-            predict = model.predict
-        else:
-            gene_idx, predict, Eg = _pca_decoder(adata, rep, X, E)
-            r2_g, total = r2_per_gene(predict, X, Eg)
-            r2[gene_idx] = r2_g
-            quality = {"r2": total}
-        P0, P1 = predict(X0), predict(X1)
-        dec_name = decoder
-    else:
-        raise ValueError(f"decoder must be one of {DECODERS} or a callable, got {decoder!r}.")
+    bar = tqdm(total=3, desc="steering: decoder", disable=not progress, leave=False)
+    z_all = feature_column(adata, key, f)
+    v = _steering_value(z_all, value, scale, fname)
+    rep, X, X0, X1 = _steer_embedding(adata, entry, f, z_all[idx], idx, v, use_rep)
+    dec, is_log, do_clip = _decoder(
+        adata, decoder, layer=layer, rep=rep, X=X, ridge_alpha=ridge_alpha, log1p=log1p, clip=clip
+    )
+    P0, P1 = dec.predict(X0), dec.predict(X1)
     if do_clip:
         P0, P1 = np.maximum(P0, 0.0), np.maximum(P1, 0.0)
     if not (np.isfinite(P0).all() and np.isfinite(P1).all()):
-        raise ValueError("The decoder produced non-finite expression values.")
-
-    tested = genes[gene_idx]
-    lin0, lin1 = (np.expm1(P0), np.expm1(P1)) if is_log else (P0, P1)
-    m0, m1 = lin0.mean(0), lin1.mean(0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        lfc = np.log2((m1 + 1e-9) / (m0 + 1e-9))
-    if method == "t-test":
-        mean_diff, stat, pval = paired_ttest(P1, P0)
-    elif method == "wilcoxon":
-        mean_diff, stat, pval = _wilcoxon(P1, P0)
-    else:
-        mean_diff = (P1 - P0).mean(0)
-        stat, pval, lfc_deseq = _deseq2(P0, P1, tested, n_deseq, random_state)
-        lfc = np.where(np.isnan(lfc_deseq), lfc, lfc_deseq)
-    ok = np.isfinite(pval)
-    padj = np.full(pval.shape, np.nan)
-    if ok.any():
-        padj[ok] = bh_adjust(pval[ok])
-    res = pd.DataFrame(
-        {
-            "gene": tested,
-            "mean_original": P0.mean(0),
-            "mean_steered": P1.mean(0),
-            "delta": mean_diff,
-            "log2fc": lfc,
-            "statistic": stat,
-            "pval": pval,
-            "padj": padj,
-            "direction": pd.Categorical(
-                np.where(mean_diff > 0, "up", np.where(mean_diff < 0, "down", "none")),
-                categories=["down", "none", "up"],
-            ),
-            "r2": r2[gene_idx],
-        }
-    )
-    res = res.sort_values(["padj", "delta"], key=lambda s: s.abs() if s.name == "delta" else s, ascending=[True, False])
-    res = res.reset_index(drop=True)
-
-    cell_table = pd.DataFrame({"obs_name": adata.obs_names[idx].astype(str), "z": z})
+        raise ValueError(f"The decoder {dec.name!r} produced non-finite expression values.")
+    bar.update(1)
+    bar.set_description(f"steering: {method}")
+    genes = adata.var_names.astype(str)[dec.genes]
+    res = paired_test(P0, P1, method, genes=genes, n_deseq=n_deseq, random_state=random_state)
+    table = _gene_table(genes, P0, P1, is_log, res, dec.r2)
+    bar.update(1)
+    bar.set_description("steering: view")
+    view, project = _view(X)
+    cell_table = _cell_table(adata, idx, z_all[idx], X0, X1, project)
     centroids = centroids if centroids is not None else groupby
-    movement = None
+    out = {"results": table, "cells": cell_table, "embedding": X1.astype(np.float32), "view": view}
     frac_changed = float("nan")
     if centroids is not None:
-        movement, near0, near1 = _movement(adata, centroids, X, X0, X1)
-        cell_table["nearest_before"] = near0
-        cell_table["nearest_after"] = near1
+        out["movement"], near0, near1 = _movement(adata, centroids, X, X0, X1, project)
+        cell_table["nearest_before"], cell_table["nearest_after"] = near0, near1
         frac_changed = float((near0 != near1).mean())
-    name = key_added or fname
-    out = {
-        "results": res,
-        "cells": cell_table,
-        "embedding": X1.astype(np.float32),
-        "params": plain_params(
-            {
-                "feature": fname,
-                "value": v,
-                "value_rule": value if isinstance(value, str) else "number",
-                "scale": scale,
-                "n_cells": int(idx.size),
-                "decoder": dec_name,
-                "layer": layer,
-                "method": method,
-                "use_rep": rep,
-                "log1p": is_log,
-                "clip": do_clip,
-                "centroids": centroids,
-                "frac_nearest_changed": frac_changed,
-                "n_deseq": int(n_deseq) if method == "deseq2" else None,
-                "random_state": int(random_state),
-                "featurelens_version": version(),
-                **{f"decoder_{k}": val for k, val in quality.items()},
-            }
-        ),
-    }
-    if movement is not None:
-        out["movement"] = movement
+    bar.update(1)
+    bar.close()
+    out["params"] = tool_params(
+        feature=fname, value=v, value_rule=value if isinstance(value, str) else "number", scale=scale,
+        n_cells=int(idx.size), decoder=dec.name, layer=layer, method=method, use_rep=rep, log1p=is_log,
+        clip=do_clip, centroids=centroids, frac_nearest_changed=frac_changed,
+        n_deseq=int(n_deseq) if method == "deseq2" else None, random_state=int(random_state),
+        **{f"decoder_{k}": val for k, val in dec.quality.items()},
+    )  # fmt: skip
     entry.setdefault("steering", {})[name] = out
-
-
-def _movement(adata: AnnData, col: str, X: np.ndarray, X0: np.ndarray, X1: np.ndarray):
-    if col not in adata.obs:
-        raise ValueError(f"centroids={col!r} is not a column of adata.obs.")
-    labels = adata.obs[col]
-    if labels.isna().any():
-        raise ValueError(f"adata.obs[{col!r}] has missing values; fill or drop them first.")
-    cats = pd.Index(pd.unique(labels.astype(str))).sort_values()
-    codes = cats.get_indexer(labels.astype(str))
-    C = np.stack([X[codes == g].mean(0) for g in range(len(cats))])
-    d0 = np.sqrt(((X0[:, None, :] - C[None]) ** 2).sum(-1))
-    d1 = np.sqrt(((X1[:, None, :] - C[None]) ** 2).sum(-1))
-    movement = pd.DataFrame(
-        {
-            "dist_before": d0.mean(0),
-            "dist_after": d1.mean(0),
-            "shift_toward": (d0 - d1).mean(0),
-            "frac_nearest_before": np.bincount(d0.argmin(1), minlength=len(cats)) / len(X0),
-            "frac_nearest_after": np.bincount(d1.argmin(1), minlength=len(cats)) / len(X0),
-        },
-        index=pd.Index(cats.astype(str), name=None),
-    )
-    return movement, np.asarray(cats[d0.argmin(1)]), np.asarray(cats[d1.argmin(1)])
-
-
-def _wilcoxon(P1: np.ndarray, P0: np.ndarray):
-    """Wilcoxon signed-rank per gene (``scipy.stats.wilcoxon``); genes without any difference get NaN."""
-    from scipy import stats
-
-    D = P1 - P0
-    mean = D.mean(0)
-    stat = np.full(D.shape[1], np.nan)
-    p = np.full(D.shape[1], np.nan)
-    ok = np.flatnonzero((D != 0).any(0))
-    if ok.size:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            r = stats.wilcoxon(D[:, ok], axis=0, zero_method="wilcox")
-        stat[ok], p[ok] = r.statistic, r.pvalue
-    return mean, stat, p
-
-
-def _deseq2(P0: np.ndarray, P1: np.ndarray, genes: pd.Index, n_cells: int, random_state: int):
-    """pydeseq2 Wald test steered vs original on rounded predicted counts, paired by cell in the design."""
-    from pydeseq2.dds import DeseqDataSet
-    from pydeseq2.ds import DeseqStats
-
-    if (P0 < 0).any() or (P1 < 0).any():
-        raise ValueError("method='deseq2' needs a decoder that predicts counts (non-negative values).")
-    rng = np.random.default_rng(random_state)
-    n = P0.shape[0]
-    take = np.sort(rng.choice(n, size=min(n_cells, n), replace=False))
-    if take.size < 2:
-        raise ValueError("method='deseq2' needs at least 2 cells.")
-    C0, C1 = np.rint(P0[take]), np.rint(P1[take])
-    keep = np.flatnonzero((C0 + C1).sum(0) > 0)
-    counts = pd.DataFrame(
-        np.vstack([C0[:, keep], C1[:, keep]]).astype(np.int64),
-        index=[f"c{i}_{s}" for s in ("original", "steered") for i in range(take.size)],
-        columns=np.asarray(genes)[keep],
-    )
-    meta = pd.DataFrame(
-        {
-            "cell": [f"c{i}" for i in range(take.size)] * 2,
-            "condition": ["original"] * take.size + ["steered"] * take.size,
-        },
-        index=counts.index,
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        dds = DeseqDataSet(counts=counts, metadata=meta, design="~cell + condition", quiet=True, n_cpus=1)
-        dds.deseq2()
-        ds = DeseqStats(dds, contrast=["condition", "steered", "original"], quiet=True, n_cpus=1)
-        ds.summary()
-    r = ds.results_df
-    stat = np.full(len(genes), np.nan)
-    p = np.full(len(genes), np.nan)
-    lfc = np.full(len(genes), np.nan)
-    stat[keep], p[keep], lfc[keep] = r["stat"].to_numpy(), r["pvalue"].to_numpy(), r["log2FoldChange"].to_numpy()
-    return stat, p, lfc
-
-
-def steering_run(entry: dict, key: str, name: str | None) -> tuple[str, dict]:
-    """The stored run ``name`` (the only one when ``None``), or a ValueError listing the runs."""
-    runs = entry.get("steering") or {}
-    if not runs:
-        raise ValueError(f"No steering results for {key!r}; run `fl.tl.steer(adata, {key!r}, feature)` first.")
-    if name is None:
-        if len(runs) > 1:
-            raise ValueError(f"Several steering runs are stored ({sorted(runs)}); pass name= one of them.")
-        name = next(iter(runs))
-    if name not in runs:
-        raise ValueError(f"No steering run {name!r} for {key!r}; stored runs: {sorted(runs)}.")
-    return str(name), runs[name]

@@ -8,20 +8,11 @@ analyses of two modalities do not overwrite each other; everything else goes to 
 
 from __future__ import annotations
 
-import functools
-import inspect
-
 import numpy as np
 from anndata import AnnData
 
 #: sub-keys of ``uns[key]`` that describe one modality's genes
 MODALITY_RESULTS = frozenset({"dge", "enrichment", "steering", "concept_space", "concept_probes"})
-
-_MOD_DOC = """    mod
-        Only for a :class:`~mudata.MuData`: the modality holding the expression (genes) this call
-        reads; the embedding and the dictionary are read from the MuData itself. Gene-level results
-        are stored in that modality's ``uns[key]`` / ``varm``.
-"""
 
 
 def is_mudata(data) -> bool:
@@ -41,8 +32,7 @@ def as_anndata(mdata, mod: str | None) -> AnnData:
     # dictionaries are copied one level deep so that results the tool adds can be routed on write-back
     uns = {k: (dict(v) if _is_dictionary(v) else v) for k, v in mdata.uns.items()}
     if mod is None:
-        bridge = AnnData(obs=mdata.obs.copy(), obsm=obsm, uns=uns)
-        return bridge
+        return _record(AnnData(obs=mdata.obs.copy(), obsm=obsm, uns=uns))
     m = mdata.mod[mod]
     pos = m.obs_names.get_indexer(mdata.obs_names)
     if (pos < 0).any():
@@ -61,17 +51,39 @@ def as_anndata(mdata, mod: str | None) -> AnnData:
     bridge = AnnData(X=X, obs=mdata.obs.copy(), var=m.var.copy(), obsm=obsm, layers=layers, uns=uns)
     for k, v in m.varm.items():
         bridge.varm[k] = v
+    return _record(bridge)
+
+
+def _record(bridge: AnnData) -> AnnData:
+    """Remember which names the bridge started with, so removals can be written back."""
+    bridge._featurelens_names = {
+        "obsm": list(bridge.obsm.keys()),
+        "obs": list(bridge.obs.columns),
+        "varm": list(bridge.varm.keys()),
+    }
     return bridge
 
 
+def _sync(source, target, keys_before) -> None:
+    """Make the mapping ``target`` hold what ``source`` holds, deleting what the tool removed."""
+    for k, v in source.items():
+        if k not in target or target[k] is not v:
+            target[k] = v
+    for k in set(keys_before) - set(source.keys()):
+        if k in target:
+            del target[k]
+
+
 def write_back(bridge: AnnData, mdata, mod: str | None) -> None:
-    """Copy what a tool wrote into the bridge back to the MuData (and the modality)."""
-    for k, v in bridge.obsm.items():
-        if k not in mdata.obsm or mdata.obsm[k] is not v:
-            mdata.obsm[k] = v
+    """Copy what a tool wrote into (or removed from) the bridge back to the MuData (and the modality)."""
+    before = getattr(bridge, "_featurelens_names", {})
+    _sync(bridge.obsm, mdata.obsm, before.get("obsm", ()))
     for c in bridge.obs.columns:
         if c not in mdata.obs.columns or not bridge.obs[c].equals(mdata.obs[c]):
             mdata.obs[c] = bridge.obs[c].values
+    gone = [c for c in before.get("obs", ()) if c not in bridge.obs.columns and c in mdata.obs.columns]
+    if gone:
+        mdata.obs = mdata.obs.drop(columns=gone)
     m = mdata.mod[mod] if mod is not None else None
     for k, v in bridge.uns.items():
         if m is not None and k in m.uns and k not in mdata.uns:
@@ -80,45 +92,12 @@ def write_back(bridge: AnnData, mdata, mod: str | None) -> None:
             target = mdata.uns.setdefault(k, {})
             mod_entry = m.uns.setdefault(k, {})
             for sub, val in v.items():
-                if sub in MODALITY_RESULTS:
-                    mod_entry[sub] = val
-                else:
-                    target[sub] = val
+                (mod_entry if sub in MODALITY_RESULTS else target)[sub] = val
+            for sub in [s for s in target if s not in v]:
+                del target[sub]
+            for sub in [s for s in mod_entry if s in MODALITY_RESULTS and s not in v]:
+                del mod_entry[sub]
         else:
             mdata.uns[k] = v
     if m is not None:
-        for k, v in bridge.varm.items():
-            m.varm[k] = v
-
-
-def mudata_aware(func=None, *, writes: bool = True):
-    """Let a tool taking an AnnData first also take a MuData, with ``mod=`` choosing the expression."""
-    if func is None:
-        return functools.partial(mudata_aware, writes=writes)
-
-    @functools.wraps(func)
-    def wrapper(data, *args, mod: str | None = None, **kwargs):
-        if not is_mudata(data):
-            if mod is not None:
-                raise ValueError("mod= is only used with a MuData; pass the AnnData of the modality instead.")
-            return func(data, *args, **kwargs)
-        if kwargs.get("copy"):
-            raise ValueError("copy=True is not supported for a MuData; copy the MuData (`mdata.copy()`) first.")
-        bridge = as_anndata(data, mod)
-        out = func(bridge, *args, **kwargs)
-        if writes:
-            write_back(bridge, data, mod)
-        return out
-
-    sig = inspect.signature(func)
-    params = list(sig.parameters.values())
-    if "mod" not in sig.parameters:
-        extra = inspect.Parameter("mod", inspect.Parameter.KEYWORD_ONLY, default=None, annotation="str | None")
-        var_kw = [p for p in params if p.kind is inspect.Parameter.VAR_KEYWORD]
-        params = [p for p in params if p.kind is not inspect.Parameter.VAR_KEYWORD] + [extra] + var_kw
-        wrapper.__signature__ = sig.replace(parameters=params)
-    doc = func.__doc__ or ""
-    marker = "\n    Returns\n    -------"
-    if marker in doc and "\n    mod\n" not in doc:
-        wrapper.__doc__ = doc.replace(marker, "\n" + _MOD_DOC.rstrip("\n") + "\n" + marker, 1)
-    return wrapper
+        _sync(bridge.varm, m.varm, before.get("varm", ()))
