@@ -220,7 +220,7 @@ def whiten(
 @doc
 def apply_whitening(
     adata: AnnData,
-    key: str = "whitened",
+    key: str,
     *,
     source: AnnData | None = None,
     use_rep: str | None = None,
