@@ -45,3 +45,10 @@ def test_read_gmt_with_only_a_byte_order_mark_is_empty(tmp_path):
     path = tmp_path / "empty.gmt"
     path.write_bytes(b"\xef\xbb\xbf\n")
     assert fl.io.read_gmt(path).empty
+
+
+def test_simulate_memory_warning_points_at_the_caller():
+    # the check moved into a helper; the warning must still be attributed to the code calling simulate
+    with pytest.warns(UserWarning, match="GB of memory") as record, pytest.raises(ValueError, match="n_cell_types"):
+        fl.datasets.simulate("large", n_obs=10**7, n_genes=10**5, n_cell_types=0)
+    assert record[0].filename == __file__
