@@ -131,6 +131,55 @@ def simulate(
     (5000, 100)
     >>> adata_small = fl.datasets.simulate("small")
     """
+    n_obs, n_genes, n_programs, chunk_size, vf = _check_arguments(
+        kind, counts, n_obs, n_genes, n_programs, chunk_size, validation_fraction, connectivity, type_activity
+    )
+    d = _DEFAULTS[kind]
+    if kind == "large":  # before drawing anything, so that a too large request is cheap to stop
+        _warn_if_large(n_obs, n_genes, n_programs, connectivity, type_activity, counts)
+    rng = np.random.default_rng(random_state)
+    obs = pd.DataFrame(index=pd.Index([f"cell{i}" for i in range(n_obs)]))
+    if kind == "large":
+        n_cell_types = check_positive_int(d["n_cell_types"] if n_cell_types is None else n_cell_types, "n_cell_types")
+        n_batches = check_positive_int(n_batches, "n_batches")
+        parents, M, obsm, info = _draw_large(
+            rng, obs, n_obs, n_genes, n_programs, n_cell_types, n_batches, connectivity, type_activity
+        )
+    else:
+        _check_small(n_cell_types, n_programs, n_genes)
+        parents, M, obsm, info = _draw_small(rng, n_obs, n_genes, n_programs, connectivity)
+    obsm["X_programs_active"] = parents.astype(np.float32)
+    obs["split"] = _split(n_obs, vf)
+
+    X, expected = _observables(parents, M, counts, chunk_size, rng)
+    var = pd.DataFrame(index=pd.Index([f"gene{i}" for i in range(n_genes)]))
+    var["n_parents"] = np.asarray(M.sum(axis=1)).ravel().astype(np.int64)
+    adata = AnnData(X=X, obs=obs, var=var, obsm=obsm)
+    if counts == "poisson":
+        adata.layers["expected"] = expected
+    large = kind == "large"
+    params = {
+        "kind": kind,
+        "n_obs": n_obs,
+        "n_genes": n_genes,
+        "n_programs": n_programs,
+        "n_cell_types": n_cell_types if large else None,
+        "n_batches": n_batches if large else None,
+        "connectivity": float(connectivity),
+        "type_activity": float(type_activity) if large else None,
+        "validation_fraction": vf,
+        "counts": counts,
+        "random_state": random_state,
+        "featurelens_version": version(),
+    }
+    adata.uns["simulation"] = {"connectivity": M, **info, "params": plain_params(params)}
+    return adata
+
+
+def _check_arguments(
+    kind, counts, n_obs, n_genes, n_programs, chunk_size, validation_fraction, connectivity, type_activity
+) -> tuple[int, int, int, int, float]:
+    """Validated ``(n_obs, n_genes, n_programs, chunk_size, validation_fraction)``; ``None`` gives the default."""
     if kind not in _DEFAULTS:
         raise ValueError(f"`kind` must be 'large' or 'small', got {kind!r}.")
     if counts not in ("expected", "poisson"):
@@ -146,101 +195,100 @@ def simulate(
     for name, p in (("connectivity", connectivity), ("type_activity", type_activity)):
         if not 0 < float(p) <= 1:
             raise ValueError(f"`{name}` must be a probability in (0, 1], got {p}.")
-    if kind == "large":  # before drawing anything, so that a too large request is cheap to stop
-        p_nonzero = 1 - (1 - connectivity * type_activity) ** n_programs
-        gb = n_obs * n_genes * p_nonzero * 8 / 1e9 * (2 if counts == "poisson" else 1)
-        if gb > 4:
-            warnings.warn(
-                f"This simulation's expression takes about {gb:.0f} GB of memory; pass smaller `n_obs` / `n_genes` "
-                "to explore.",
-                UserWarning,
-                stacklevel=2,
-            )
-    rng = np.random.default_rng(random_state)
-    obs = pd.DataFrame(index=pd.Index([f"cell{i}" for i in range(n_obs)]))
-    obsm: dict[str, np.ndarray] = {}
-    info: dict = {}
-    if kind == "large":
-        n_cell_types = check_positive_int(d["n_cell_types"] if n_cell_types is None else n_cell_types, "n_cell_types")
-        n_batches = check_positive_int(n_batches, "n_batches")
-        rates = 1.1 * np.arange(1, n_programs + 1)
-        x = rng.poisson(rates, size=(n_obs, n_programs)).astype(np.float64)
-        batch = rng.integers(0, n_batches, n_obs)
-        b = rng.normal(batch + 1.0, 0.1)[:, None]
-        A = (rng.random((n_cell_types, n_programs)) < type_activity).astype(np.float64)
-        ctype = rng.integers(0, n_cell_types, n_obs)
-        a = A[ctype]
-        x1 = x + b
-        parents = x1 * a
-        M = sp.csr_matrix(rng.random((n_genes, n_programs)) < connectivity, dtype=np.float32)
-        obs["cell_type"] = pd.Categorical.from_codes(ctype, [f"type{t + 1}" for t in range(n_cell_types)])
-        obs["batch"] = pd.Categorical.from_codes(batch, [f"batch{g + 1}" for g in range(n_batches)])
-        obsm["X_programs"] = x.astype(np.float32)
-        obsm["X_programs_batch"] = x1.astype(np.float32)
-        obsm["activity"] = a.astype(np.float32)
-        obsm["batch_value"] = b.astype(np.float32)
-        info["type_activity"] = A.astype(np.float32)
-        info["rates"] = rates
-        info["batch_means"] = np.arange(1.0, n_batches + 1)
-    else:
-        if n_cell_types is not None:
-            raise ValueError("The 'small' simulation has no cell types; leave `n_cell_types=None`.")
-        if n_programs > len(_SMALL_P):
-            raise ValueError(
-                f"The 'small' simulation has at most {len(_SMALL_P)} programs, got n_programs={n_programs}."
-            )
-        if n_genes < n_programs:
-            raise ValueError(
-                f"The 'small' simulation gives every program a gene, so it needs n_genes >= n_programs "
-                f"({n_genes} < {n_programs})."
-            )
-        p = np.asarray(_SMALL_P[:n_programs])
-        x = (rng.random((n_obs, n_programs)) < p).astype(np.float64)
-        a = rng.poisson(2.0, size=(n_obs, n_programs)).astype(np.float64)
-        parents = x * a
-        for _ in range(100_000):
-            Md = rng.random((n_genes, n_programs)) < connectivity
-            if Md.any(axis=1).all() and Md.any(axis=0).all():
-                break
-        else:  # pragma: no cover - only for absurdly small connectivity
-            raise ValueError(f"Could not draw a connectivity with every gene connected at connectivity={connectivity}.")
-        M = sp.csr_matrix(Md, dtype=np.float32)
-        obsm["X_programs"] = x.astype(np.float32)
-        obsm["activity"] = a.astype(np.float32)
-        info["p"] = p
-    obsm["X_programs_active"] = parents.astype(np.float32)
-    n_val = round(vf * n_obs)
+    return n_obs, n_genes, n_programs, chunk_size, vf
+
+
+def _warn_if_large(n_obs, n_genes, n_programs, connectivity, type_activity, counts) -> None:
+    """Warn when the expression of the "large" simulation would take more than 4 GB."""
+    p_nonzero = 1 - (1 - connectivity * type_activity) ** n_programs
+    gb = n_obs * n_genes * p_nonzero * 8 / 1e9 * (2 if counts == "poisson" else 1)
+    if gb > 4:
+        warnings.warn(
+            f"This simulation's expression takes about {gb:.0f} GB of memory; pass smaller `n_obs` / `n_genes` "
+            "to explore.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def _draw_large(rng, obs, n_obs, n_genes, n_programs, n_cell_types, n_batches, connectivity, type_activity):
+    """Programs, batches and cell types of the "large" simulation; adds ``cell_type`` and ``batch`` to ``obs``.
+
+    Returns the direct parents ``x''`` of the observables, the connectivity ``M``, the ``obsm`` arrays and the
+    ``uns["simulation"]`` entries.
+    """
+    rates = 1.1 * np.arange(1, n_programs + 1)
+    x = rng.poisson(rates, size=(n_obs, n_programs)).astype(np.float64)
+    batch = rng.integers(0, n_batches, n_obs)
+    b = rng.normal(batch + 1.0, 0.1)[:, None]
+    A = (rng.random((n_cell_types, n_programs)) < type_activity).astype(np.float64)
+    ctype = rng.integers(0, n_cell_types, n_obs)
+    a = A[ctype]
+    x1 = x + b
+    parents = x1 * a
+    M = sp.csr_matrix(rng.random((n_genes, n_programs)) < connectivity, dtype=np.float32)
+    obs["cell_type"] = pd.Categorical.from_codes(ctype, [f"type{t + 1}" for t in range(n_cell_types)])
+    obs["batch"] = pd.Categorical.from_codes(batch, [f"batch{g + 1}" for g in range(n_batches)])
+    obsm = {
+        "X_programs": x.astype(np.float32),
+        "X_programs_batch": x1.astype(np.float32),
+        "activity": a.astype(np.float32),
+        "batch_value": b.astype(np.float32),
+    }
+    info = {"type_activity": A.astype(np.float32), "rates": rates, "batch_means": np.arange(1.0, n_batches + 1)}
+    return parents, M, obsm, info
+
+
+def _check_small(n_cell_types, n_programs: int, n_genes: int) -> None:
+    if n_cell_types is not None:
+        raise ValueError("The 'small' simulation has no cell types; leave `n_cell_types=None`.")
+    if n_programs > len(_SMALL_P):
+        raise ValueError(f"The 'small' simulation has at most {len(_SMALL_P)} programs, got n_programs={n_programs}.")
+    if n_genes < n_programs:
+        raise ValueError(
+            f"The 'small' simulation gives every program a gene, so it needs n_genes >= n_programs "
+            f"({n_genes} < {n_programs})."
+        )
+
+
+def _draw_small(rng, n_obs: int, n_genes: int, n_programs: int, connectivity: float):
+    """Programs and activities of the "small" simulation and a connectivity that leaves no gene or program alone.
+
+    Returns the direct parents ``x'`` of the observables, the connectivity ``M``, the ``obsm`` arrays and the
+    ``uns["simulation"]`` entries.
+    """
+    p = np.asarray(_SMALL_P[:n_programs])
+    x = (rng.random((n_obs, n_programs)) < p).astype(np.float64)
+    a = rng.poisson(2.0, size=(n_obs, n_programs)).astype(np.float64)
+    parents = x * a
+    for _ in range(100_000):
+        Md = rng.random((n_genes, n_programs)) < connectivity
+        if Md.any(axis=1).all() and Md.any(axis=0).all():
+            break
+    else:  # pragma: no cover - only for absurdly small connectivity
+        raise ValueError(f"Could not draw a connectivity with every gene connected at connectivity={connectivity}.")
+    M = sp.csr_matrix(Md, dtype=np.float32)
+    obsm = {"X_programs": x.astype(np.float32), "activity": a.astype(np.float32)}
+    return parents, M, obsm, {"p": p}
+
+
+def _split(n_obs: int, validation_fraction: float) -> pd.Categorical:
+    """The first cells are the training split, the last ``round(validation_fraction * n_obs)`` the validation split."""
+    n_val = round(validation_fraction * n_obs)
     split = np.zeros(n_obs, np.int64)
     split[n_obs - n_val :] = 1
-    obs["split"] = pd.Categorical.from_codes(split, ["train", "validation"])
+    return pd.Categorical.from_codes(split, ["train", "validation"])
 
+
+def _observables(parents: np.ndarray, M: sp.csr_matrix, counts: str, chunk_size: int, rng):
+    """``X`` (``y = M x``, or Poisson counts of it) in blocks of ``chunk_size`` cells, and ``y`` for Poisson counts."""
     Mt = M.T.toarray().astype(np.float64)  # programs x genes
     blocks, expected = [], []
-    for start in range(0, n_obs, chunk_size):
+    for start in range(0, parents.shape[0], chunk_size):
         y = parents[start : start + chunk_size] @ Mt
         if counts == "poisson":
             expected.append(sp.csr_matrix(y.astype(np.float32)))
             y = rng.poisson(y)
         blocks.append(sp.csr_matrix(y.astype(np.float32)))
     X = sp.vstack(blocks, format="csr")
-    var = pd.DataFrame(index=pd.Index([f"gene{i}" for i in range(n_genes)]))
-    var["n_parents"] = np.asarray(M.sum(axis=1)).ravel().astype(np.int64)
-    adata = AnnData(X=X, obs=obs, var=var, obsm=obsm)
-    if counts == "poisson":
-        adata.layers["expected"] = sp.vstack(expected, format="csr")
-    params = {
-        "kind": kind,
-        "n_obs": n_obs,
-        "n_genes": n_genes,
-        "n_programs": n_programs,
-        "n_cell_types": n_cell_types if kind == "large" else None,
-        "n_batches": n_batches if kind == "large" else None,
-        "connectivity": float(connectivity),
-        "type_activity": float(type_activity) if kind == "large" else None,
-        "validation_fraction": vf,
-        "counts": counts,
-        "random_state": random_state,
-        "featurelens_version": version(),
-    }
-    adata.uns["simulation"] = {"connectivity": M, **info, "params": plain_params(params)}
-    return adata
+    return X, (sp.vstack(expected, format="csr") if counts == "poisson" else None)

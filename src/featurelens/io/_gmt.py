@@ -53,7 +53,8 @@ def read_gmt(path: str | os.PathLike) -> pd.DataFrame:
 
     A GMT file has one gene set per line, with tab-separated fields: the term id, a description, then the
     genes. Empty gene fields (for example trailing tabs) are ignored, blank lines are skipped and a gene
-    listed twice in the same term is kept once.
+    listed twice in the same term is kept once. The file is read as UTF-8; a byte-order mark at its start
+    is ignored.
 
     Parameters
     ----------
@@ -96,7 +97,8 @@ def read_gmt(path: str | os.PathLike) -> pd.DataFrame:
     seen: dict[str, int] = {}
     lineno = 0
     try:
-        with opener(path, "rt", encoding="utf-8", newline=None) as fh:
+        # utf-8-sig drops a byte-order mark at the start (files saved by Excel and other Windows tools)
+        with opener(path, "rt", encoding="utf-8-sig", newline=None) as fh:
             for lineno, line in enumerate(fh, start=1):
                 line = line.rstrip("\r\n")
                 if not line.strip():

@@ -195,64 +195,17 @@ def from_embeddings(
     >>> adata.obsm["X_emb"].shape, adata.obsm["X_tokens"].shape, adata.uns["microscopy"]["grid"]
     ((10, 384), (10, 196, 384), array([14, 14]))
     """
-    if not isinstance(use_rep, str) or not use_rep or use_rep == TOKENS_KEY:
-        raise ValueError(f"`use_rep` must be a non-empty obsm key other than {TOKENS_KEY!r}, got {use_rep!r}.")
-    if pool not in POOLING:
-        raise ValueError(f"`pool` must be one of {POOLING}, got {pool!r}.")
-    if pool == "cls" and not cls_token:
-        raise ValueError("`pool='cls'` uses the class token; pass `cls_token=True` (the first token is the CLS token).")
+    _check_options(use_rep, pool, cls_token)
     dt = _float_dtype(tokens_dtype)
-    emb = _as_array(embeddings, "embeddings")
-    if emb.ndim not in (2, 3):
-        raise ValueError(
-            f"`embeddings` must have shape (n, d) or (n, T, d) (tokens), got shape {emb.shape}. "
-            "Flatten extra axes first, e.g. a CNN map (n, C, H, W) -> `x.reshape(n, C, -1).transpose(0, 2, 1)`."
-        )
+    emb = _check_embeddings(embeddings)
     n = emb.shape[0]
-    if n == 0:
-        raise ValueError("`embeddings` is empty (0 images).")
-    _check_finite(emb, "embeddings")
-
-    tok = None
-    if emb.ndim == 3:
-        if tokens is not None:
-            raise ValueError("Pass token embeddings either as 3-D `embeddings` or as `tokens=`, not both.")
-        tok = emb
-    elif tokens is not None:
-        tok = _as_array(tokens, "tokens")
-        if tok.ndim != 3:
-            raise ValueError(f"`tokens` must have shape (n, T, d), got shape {tok.shape}.")
-        if tok.shape[0] != n:
-            raise ValueError(f"`tokens` has {tok.shape[0]} images but `embeddings` has {n}.")
-        if tok.shape[2] != emb.shape[1]:
-            raise ValueError(
-                f"`tokens` have {tok.shape[2]} dimensions but `embeddings` {emb.shape[1]}; tokens must live in the "
-                "space of the pooled embedding so dictionary features can be scored on them."
-            )
-        _check_finite(tok, "tokens")
-    elif grid is not None or cls_token:
-        raise ValueError("`grid=` and `cls_token=` describe token embeddings; pass `tokens=` or 3-D `embeddings`.")
+    tok = _token_embeddings(emb, tokens, grid, cls_token)
 
     info: dict[str, Any] = {"kind": "embeddings", "use_rep": use_rep}
     patches = None
     if tok is not None:
-        if tok.shape[1] < 1 + int(bool(cls_token)):
-            raise ValueError(f"Token embeddings of shape {tok.shape} have no patch tokens.")
-        patches = tok[:, 1:] if cls_token else tok
-        h, w = resolve_grid(patches.shape[1], grid)
-        if emb.ndim == 3:
-            pooled = tok[:, 0] if pool == "cls" else patches.mean(axis=1, dtype=np.float64)
-        else:
-            pooled = emb
-        info.update(
-            {
-                "grid": np.array([h, w], dtype=np.int64),
-                "n_tokens": int(h * w),
-                "token_dim": int(tok.shape[2]),
-                "cls_token": bool(cls_token),
-                "tokens_key": TOKENS_KEY,
-            }
-        )
+        pooled, patches, token_info = _pooled_with_patches(emb, tok, grid, cls_token, pool)
+        info.update(token_info)
     else:
         pooled = emb
     info["pool"] = pool if emb.ndim == 3 else "given"
@@ -265,6 +218,76 @@ def from_embeddings(
         adata.obsm[TOKENS_KEY] = np.array(patches, dtype=dt)  # always a copy, C-contiguous
     adata.uns[UNS_KEY] = info
     return adata
+
+
+def _check_options(use_rep: Any, pool: str, cls_token: bool) -> None:
+    if not isinstance(use_rep, str) or not use_rep or use_rep == TOKENS_KEY:
+        raise ValueError(f"`use_rep` must be a non-empty obsm key other than {TOKENS_KEY!r}, got {use_rep!r}.")
+    if pool not in POOLING:
+        raise ValueError(f"`pool` must be one of {POOLING}, got {pool!r}.")
+    if pool == "cls" and not cls_token:
+        raise ValueError("`pool='cls'` uses the class token; pass `cls_token=True` (the first token is the CLS token).")
+
+
+def _check_embeddings(embeddings: Any) -> np.ndarray:
+    """``embeddings`` as a finite, non-empty ``(n, d)`` or ``(n, T, d)`` array."""
+    emb = _as_array(embeddings, "embeddings")
+    if emb.ndim not in (2, 3):
+        raise ValueError(
+            f"`embeddings` must have shape (n, d) or (n, T, d) (tokens), got shape {emb.shape}. "
+            "Flatten extra axes first, e.g. a CNN map (n, C, H, W) -> `x.reshape(n, C, -1).transpose(0, 2, 1)`."
+        )
+    if emb.shape[0] == 0:
+        raise ValueError("`embeddings` is empty (0 images).")
+    _check_finite(emb, "embeddings")
+    return emb
+
+
+def _token_embeddings(emb: np.ndarray, tokens: Any, grid: Any, cls_token: bool) -> np.ndarray | None:
+    """The token embeddings ``(n, T, d)``: 3-D ``embeddings`` or ``tokens`` checked against them; ``None`` if none."""
+    if emb.ndim == 3:
+        if tokens is not None:
+            raise ValueError("Pass token embeddings either as 3-D `embeddings` or as `tokens=`, not both.")
+        return emb
+    if tokens is None:
+        if grid is not None or cls_token:
+            raise ValueError("`grid=` and `cls_token=` describe token embeddings; pass `tokens=` or 3-D `embeddings`.")
+        return None
+    n = emb.shape[0]
+    tok = _as_array(tokens, "tokens")
+    if tok.ndim != 3:
+        raise ValueError(f"`tokens` must have shape (n, T, d), got shape {tok.shape}.")
+    if tok.shape[0] != n:
+        raise ValueError(f"`tokens` has {tok.shape[0]} images but `embeddings` has {n}.")
+    if tok.shape[2] != emb.shape[1]:
+        raise ValueError(
+            f"`tokens` have {tok.shape[2]} dimensions but `embeddings` {emb.shape[1]}; tokens must live in the "
+            "space of the pooled embedding so dictionary features can be scored on them."
+        )
+    _check_finite(tok, "tokens")
+    return tok
+
+
+def _pooled_with_patches(
+    emb: np.ndarray, tok: np.ndarray, grid: Any, cls_token: bool, pool: str
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """``(pooled embedding, patch tokens, token fields of uns["microscopy"])``; 2-D ``emb`` is the pooled one."""
+    if tok.shape[1] < 1 + int(bool(cls_token)):
+        raise ValueError(f"Token embeddings of shape {tok.shape} have no patch tokens.")
+    patches = tok[:, 1:] if cls_token else tok
+    h, w = resolve_grid(patches.shape[1], grid)
+    if emb.ndim == 3:
+        pooled = tok[:, 0] if pool == "cls" else patches.mean(axis=1, dtype=np.float64)
+    else:
+        pooled = emb
+    info = {
+        "grid": np.array([h, w], dtype=np.int64),
+        "n_tokens": int(h * w),
+        "token_dim": int(tok.shape[2]),
+        "cls_token": bool(cls_token),
+        "tokens_key": TOKENS_KEY,
+    }
+    return pooled, patches, info
 
 
 def _group_codes(obs: pd.DataFrame, by: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -342,6 +365,30 @@ def aggregate(
     >>> fl.tl.icfl(wells, "X_emb")
     """
     check_adata(adata)
+    by_list = _by_columns(adata, by)
+    if func not in AGG_FUNCS:
+        raise ValueError(f"`func` must be one of {AGG_FUNCS}, got {func!r}.")
+    _check_complete(adata.obs, by_list)
+    reps = _obsm_keys(adata, use_rep)
+
+    codes, first = _group_codes(adata.obs, by_list)
+    n_groups = first.size
+    new_obs = _group_obs(adata.obs, by_list, codes, first)
+    X = _group_reduce(adata.X, codes, n_groups, func) if adata.n_vars > 0 and adata.X is not None else None
+    out = AnnData(X=X, obs=new_obs, var=adata.var.copy())
+    for rep in reps:
+        M = adata.obsm[rep]
+        if isinstance(M, pd.DataFrame):
+            M = M.to_numpy()
+        red = _group_reduce(M, codes, n_groups, func)
+        out.obsm[rep] = red.toarray().astype(np.float32) if sp.issparse(red) else red
+    out.uns = copy.deepcopy(dict(adata.uns))
+    out.uns[UNS_KEY] = _aggregated_info(out.uns.get(UNS_KEY, {}), by_list, func)
+    return out
+
+
+def _by_columns(adata: AnnData, by: str | Sequence[str]) -> list[str]:
+    """``by`` as a non-empty list of columns of ``adata.obs``."""
     by_list = [by] if isinstance(by, str) else list(by)
     if not by_list:
         raise ValueError("`by` must name at least one column of adata.obs.")
@@ -349,13 +396,19 @@ def aggregate(
     if missing:
         cols = ", ".join(map(repr, adata.obs.columns)) or "nothing"
         raise ValueError(f"`by` columns {missing} are not in adata.obs, which has {cols}.")
-    if func not in AGG_FUNCS:
-        raise ValueError(f"`func` must be one of {AGG_FUNCS}, got {func!r}.")
-    na = adata.obs[by_list].isna().any(axis=1)
+    return by_list
+
+
+def _check_complete(obs: pd.DataFrame, by_list: list[str]) -> None:
+    na = obs[by_list].isna().any(axis=1)
     if na.any():
         raise ValueError(
             f"{int(na.sum())} rows have missing values in the `by` columns {by_list}; fill them or drop those rows."
         )
+
+
+def _obsm_keys(adata: AnnData, use_rep: str | Sequence[str] | None) -> list[str]:
+    """``use_rep`` as a list of keys of 2-D arrays in ``adata.obsm`` (empty for ``None``)."""
     reps = [] if use_rep is None else ([use_rep] if isinstance(use_rep, str) else list(use_rep))
     for rep in reps:
         if rep not in adata.obsm:
@@ -365,14 +418,17 @@ def aggregate(
             raise ValueError(
                 f"adata.obsm[{rep!r}] is not 2-D (shape {np.shape(adata.obsm[rep])}); it cannot be pooled."
             )
+    return reps
 
-    obs = adata.obs
-    codes, first = _group_codes(obs, by_list)
+
+def _group_obs(obs: pd.DataFrame, by_list: list[str], codes: np.ndarray, first: np.ndarray) -> pd.DataFrame:
+    """One row per group: the columns constant within every group (NaN counts as a value) and ``n_aggregated``.
+
+    Rows are named by joining the ``by`` values with ``"_"`` (made unique if needed).
+    """
     n_groups = first.size
     counts = np.bincount(codes, minlength=n_groups)
     keys = obs[by_list].iloc[first]
-
-    # obs: columns constant within every group (NaN counts as a value)
     new_obs = pd.DataFrame(index=pd.RangeIndex(n_groups))
     for col in obs.columns:
         if col == "n_aggregated":
@@ -394,20 +450,14 @@ def aggregate(
 
         names = make_index_unique(names)
     new_obs.index = names
+    return new_obs
 
-    X = _group_reduce(adata.X, codes, n_groups, func) if adata.n_vars > 0 and adata.X is not None else None
-    out = AnnData(X=X, obs=new_obs, var=adata.var.copy())
-    for rep in reps:
-        M = adata.obsm[rep]
-        if isinstance(M, pd.DataFrame):
-            M = M.to_numpy()
-        red = _group_reduce(M, codes, n_groups, func)
-        out.obsm[rep] = red.toarray().astype(np.float32) if sp.issparse(red) else red
-    out.uns = copy.deepcopy(dict(adata.uns))
-    info = dict(out.uns.get(UNS_KEY, {}))
+
+def _aggregated_info(info: Mapping, by_list: list[str], func: str) -> dict:
+    """``uns["microscopy"]`` of the aggregate: without the token fields, with the grouping recorded."""
+    info = dict(info)
     for k in ("grid", "n_tokens", "token_dim", "cls_token", "tokens_key"):
         info.pop(k, None)
     info["aggregated_by"] = json.dumps(by_list)
     info["aggregate_func"] = func
-    out.uns[UNS_KEY] = info
-    return out
+    return info

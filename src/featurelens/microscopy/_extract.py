@@ -140,6 +140,187 @@ def _unknown_layer_message(layer: str, names: list[str]) -> str:
     return f"`layer={layer!r}` is not a submodule of the model. {what}: {', '.join(map(repr, shown))}{more}."
 
 
+def _resolve_layer(model: Any, layer: Any):
+    """The submodule ``layer`` of ``model``, with clear errors for a wrong model, a non-string or an unknown name."""
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
+    if not isinstance(layer, str):
+        raise TypeError(f"`layer` must be the name of a submodule (a str), got {type(layer).__name__}.")
+    modules = dict(model.named_modules())
+    if layer not in modules:
+        raise ValueError(_unknown_layer_message(layer, [n for n in modules if n]))
+    return modules[layer]
+
+
+def _check_pool(pool: str, cls_token: bool) -> None:
+    if pool not in POOLING:
+        raise ValueError(f"`pool` must be one of {POOLING}, got {pool!r}.")
+    if pool == "cls" and not cls_token:
+        raise ValueError("`pool='cls'` uses the class token; pass `cls_token=True`.")
+
+
+def _match_parameter_dtype(x, first_param):
+    """``x`` in the float dtype of the model's first parameter (e.g. a half-precision model)."""
+    import torch
+
+    if first_param is not None and x.dtype != first_param.dtype and torch.is_floating_point(first_param):
+        return x.to(first_param.dtype)
+    return x
+
+
+def _pool_tokens(out, kind: str, cls_token: bool, pool: str):
+    """One vector per image from a batch of tokens (``(B, T, d)``): the class token or the mean of the patches."""
+    patches = out[:, 1:] if (cls_token and kind == "tokens") else out
+    return out[:, 0] if pool == "cls" else patches.double().mean(1)
+
+
+class _LayerCapture:
+    """Runs a model batch by batch with a forward hook on one layer and collects that layer's outputs.
+
+    After :meth:`run`, ``outputs`` holds one numpy block per batch (tokens, or pooled vectors when
+    tokens are not kept), ``labels`` the dataset labels, ``kind`` the layer output of the first batch
+    (``"tokens"``, ``"feature_map"`` or ``"vector"``) and ``map_grid`` its feature-map grid.
+    """
+
+    def __init__(self, model, module, layer: str, *, cls_token: bool, pool: str, keep_tokens: bool, dtype: np.dtype):
+        self.model = model
+        self.module = module
+        self.layer = layer
+        self.cls_token = cls_token
+        self.pool = pool
+        self.keep_tokens = keep_tokens
+        self.dtype = dtype
+        self.outputs: list[np.ndarray] = []
+        self.labels: list = []
+        self.kind: str | None = None
+        self.map_grid: tuple | None = None
+        self._captured: list = []
+
+    def _hook(self, _module, _inputs, output) -> None:
+        self._captured.append(_layer_output(output))
+
+    def run(self, source: _ImageSource, batch_size: int, transform: Callable | None, device, progress: bool) -> None:
+        """Forward every batch in eval mode without gradients; restore the hook, device and mode afterwards."""
+        import torch
+        from tqdm.auto import tqdm
+
+        model = self.model
+        first_param = next(model.parameters(), None)
+        orig_device = first_param.device if first_param is not None else None
+        was_training = model.training
+        handle = self.module.register_forward_hook(self._hook)
+        try:
+            model.to(device)
+            model.eval()
+            starts = range(0, source.n, batch_size)
+            with torch.no_grad():
+                for start in tqdm(starts, desc=f"embedding ({self.layer})", disable=not progress, leave=False):
+                    stop = min(start + batch_size, source.n)
+                    x, batch_labels = source.batch(start, stop, transform)
+                    x = _match_parameter_dtype(x, first_param)
+                    _check_channels(model, x)
+                    self._add_batch(self._forward(x, device), stop - start)
+                    if batch_labels is not None:
+                        self.labels.extend(_plain_label(v) for v in batch_labels)
+        finally:
+            handle.remove()
+            if orig_device is not None:
+                model.to(orig_device)
+            model.train(was_training)
+
+    def _forward(self, x, device):
+        """The hooked layer's output for one batch."""
+        self._captured.clear()
+        self.model(x.to(device))
+        if not self._captured:
+            raise RuntimeError(
+                f"Layer {self.layer!r} was not called during the forward pass; choose a layer on the model's path."
+            )
+        return self._captured[0].detach()
+
+    def _as_tokens(self, out, n_images: int):
+        """``(kind, tokens, feature-map grid)`` of one batch's layer output; a feature map becomes row-major tokens."""
+        if out.shape[0] != n_images:
+            raise ValueError(
+                f"Layer {self.layer!r} returned shape {tuple(out.shape)} for a batch of {n_images} images; the first "
+                "axis must be the batch (for nn.TransformerEncoderLayer use batch_first=True)."
+            )
+        if out.ndim == 4:
+            return "feature_map", out.flatten(2).transpose(1, 2), tuple(out.shape[2:])  # (B, H*W, C), row-major
+        if out.ndim == 3:
+            return "tokens", out, None
+        if out.ndim == 2:
+            return "vector", out, None
+        raise ValueError(
+            f"Layer {self.layer!r} returned shape {tuple(out.shape)}; expected (B, T, d) tokens, a (B, C, H, W) "
+            "feature map or (B, d) vectors."
+        )
+
+    def _add_batch(self, out, n_images: int) -> None:
+        this, out, fmap = self._as_tokens(out, n_images)
+        if self.kind is None:
+            self.kind = this
+            if this == "feature_map":
+                self.map_grid = fmap
+        if this == "vector" or not self.keep_tokens:
+            if this != "vector":
+                out = _pool_tokens(out, this, self.cls_token, self.pool)
+            self.outputs.append(out.float().cpu().numpy())
+        else:
+            self.outputs.append(out.cpu().numpy().astype(self.dtype, copy=False))
+
+    def values(self) -> np.ndarray:
+        """All batches as one array."""
+        try:
+            return np.concatenate(self.outputs, axis=0)
+        except ValueError as err:
+            raise ValueError(
+                f"Layer {self.layer!r} returned outputs of different shapes for different batches; make all images "
+                "the same size (e.g. with `transform=`)."
+            ) from err
+
+    def token_grid(self, grid: tuple[int, int] | None) -> tuple[int, int] | None:
+        """The grid of the tokens: a feature map's own grid (checked against ``grid``), else ``grid``."""
+        if self.kind != "feature_map":
+            return grid
+        if self.cls_token:
+            raise ValueError(
+                f"Layer {self.layer!r} returns a CNN feature map; it has no class token (cls_token=False)."
+            )
+        if grid is not None and tuple(grid) != self.map_grid:
+            raise ValueError(f"`grid={tuple(grid)}` differs from the feature map's grid {self.map_grid}.")
+        return self.map_grid
+
+
+def _obs_with_labels(obs: pd.DataFrame | Mapping | None, labels: list) -> pd.DataFrame | dict | None:
+    """A copy of ``obs`` with the dataset labels as ``"label"`` (unless ``obs`` has that column already)."""
+    if obs is not None:
+        obs = obs.copy() if isinstance(obs, pd.DataFrame) else dict(obs)
+    if labels and any(v is not None for v in labels):
+        if obs is None:
+            obs = {"label": labels}
+        elif "label" not in obs:
+            obs["label"] = labels if isinstance(obs, dict) else pd.Series(labels, index=obs.index).to_numpy()
+    return obs
+
+
+def _assemble(capture: _LayerCapture, values: np.ndarray, obs, grid, *, use_rep: str) -> AnnData:
+    """The AnnData of the collected embeddings (tokens or vectors), with the layer recorded in ``uns``."""
+    kind, layer, cls_token = capture.kind, capture.layer, capture.cls_token
+    if kind == "vector" or not capture.keep_tokens:
+        if kind == "vector" and (cls_token or grid is not None):
+            raise ValueError(f"Layer {layer!r} returns one vector per image; `cls_token`/`grid` do not apply.")
+        adata = from_embeddings(values, obs, use_rep=use_rep)
+    else:
+        adata = from_embeddings(
+            values, obs, grid=grid, cls_token=cls_token, pool=capture.pool, tokens_dtype=capture.dtype, use_rep=use_rep
+        )
+    adata.uns[UNS_KEY].update({"layer": layer, "model": type(capture.model).__name__, "layer_output": kind})
+    return adata
+
+
 def extract_embeddings(
     model: Any,
     images: Any,
@@ -232,128 +413,23 @@ def extract_embeddings(
     >>> fl.tl.icfl(adata, "X_emb")
     >>> scores = fl.microscopy.token_scores(adata, "icfl", "f0")  # (n_crops, 14, 14)
     """
-    import torch
-    from tqdm.auto import tqdm
-
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
-    if not isinstance(layer, str):
-        raise TypeError(f"`layer` must be the name of a submodule (a str), got {type(layer).__name__}.")
-    modules = dict(model.named_modules())
-    if layer not in modules:
-        raise ValueError(_unknown_layer_message(layer, [n for n in modules if n]))
+    module = _resolve_layer(model, layer)
     batch_size = check_positive_int(batch_size, "batch_size")
     if transform is not None and not callable(transform):
         raise TypeError(f"`transform` must be callable, got {type(transform).__name__}.")
     source = _ImageSource(images)
     if obs is not None and not isinstance(obs, pd.DataFrame | Mapping):
         raise TypeError(f"`obs` must be a pandas DataFrame, a dict of columns or None, got {type(obs).__name__}.")
-    if pool not in POOLING:
-        raise ValueError(f"`pool` must be one of {POOLING}, got {pool!r}.")
-    if pool == "cls" and not cls_token:
-        raise ValueError("`pool='cls'` uses the class token; pass `cls_token=True`.")
+    _check_pool(pool, cls_token)
     dt = _float_dtype(tokens_dtype)
     dev = resolve_device(device)
 
-    captured: list = []
-
-    def hook(_module, _inputs, output):
-        captured.append(_layer_output(output))
-
-    first_param = next(model.parameters(), None)
-    orig_device = first_param.device if first_param is not None else None
-    was_training = model.training
-    outputs: list[np.ndarray] = []
-    labels: list = []
-    kind = None
-    handle = modules[layer].register_forward_hook(hook)
-    try:
-        model.to(dev)
-        model.eval()
-        starts = range(0, source.n, batch_size)
-        with torch.no_grad():
-            for start in tqdm(starts, desc=f"embedding ({layer})", disable=not progress, leave=False):
-                stop = min(start + batch_size, source.n)
-                x, batch_labels = source.batch(start, stop, transform)
-                if first_param is not None and x.dtype != first_param.dtype and torch.is_floating_point(first_param):
-                    x = x.to(first_param.dtype)
-                _check_channels(model, x)
-                captured.clear()
-                model(x.to(dev))
-                if not captured:
-                    raise RuntimeError(
-                        f"Layer {layer!r} was not called during the forward pass; choose a layer on the model's path."
-                    )
-                out = captured[0].detach()
-                b = stop - start
-                if out.shape[0] != b:
-                    raise ValueError(
-                        f"Layer {layer!r} returned shape {tuple(out.shape)} for a batch of {b} images; the first axis "
-                        "must be the batch (for nn.TransformerEncoderLayer use batch_first=True)."
-                    )
-                if out.ndim == 4:
-                    this = "feature_map"
-                    out = out.flatten(2).transpose(1, 2)  # (B, H*W, C), row-major
-                    fmap = tuple(captured[0].shape[2:])
-                elif out.ndim == 3:
-                    this = "tokens"
-                elif out.ndim == 2:
-                    this = "vector"
-                else:
-                    raise ValueError(
-                        f"Layer {layer!r} returned shape {tuple(out.shape)}; expected (B, T, d) tokens, a (B, C, H, W) "
-                        "feature map or (B, d) vectors."
-                    )
-                if kind is None:
-                    kind = this
-                    if kind == "feature_map":
-                        map_grid = fmap
-                if this == "vector" or not keep_tokens:
-                    if this != "vector":
-                        patches = out[:, 1:] if (cls_token and this == "tokens") else out
-                        out = out[:, 0] if pool == "cls" else patches.double().mean(1)
-                    outputs.append(out.float().cpu().numpy())
-                else:
-                    outputs.append(out.cpu().numpy().astype(dt, copy=False))
-                if batch_labels is not None:
-                    labels.extend(_plain_label(v) for v in batch_labels)
-    finally:
-        handle.remove()
-        if orig_device is not None:
-            model.to(orig_device)
-        model.train(was_training)
-
-    try:
-        values = np.concatenate(outputs, axis=0)
-    except ValueError as err:
-        raise ValueError(
-            f"Layer {layer!r} returned outputs of different shapes for different batches; make all images the "
-            "same size (e.g. with `transform=`)."
-        ) from err
-    if kind == "feature_map":
-        if cls_token:
-            raise ValueError(f"Layer {layer!r} returns a CNN feature map; it has no class token (cls_token=False).")
-        if grid is not None and tuple(grid) != map_grid:
-            raise ValueError(f"`grid={tuple(grid)}` differs from the feature map's grid {map_grid}.")
-        grid = map_grid
-    if obs is not None:
-        obs = obs.copy() if isinstance(obs, pd.DataFrame) else dict(obs)
-    if labels and any(v is not None for v in labels):
-        if obs is None:
-            obs = {"label": labels}
-        elif "label" not in obs:
-            obs["label"] = labels if isinstance(obs, dict) else pd.Series(labels, index=obs.index).to_numpy()
-
-    if kind == "vector" or not keep_tokens:
-        if kind == "vector" and (cls_token or grid is not None):
-            raise ValueError(f"Layer {layer!r} returns one vector per image; `cls_token`/`grid` do not apply.")
-        adata = from_embeddings(values, obs, use_rep=use_rep)
-    else:
-        adata = from_embeddings(
-            values, obs, grid=grid, cls_token=cls_token, pool=pool, tokens_dtype=dt, use_rep=use_rep
-        )
-    adata.uns[UNS_KEY].update({"layer": layer, "model": type(model).__name__, "layer_output": kind})
-    return adata
+    capture = _LayerCapture(model, module, layer, cls_token=cls_token, pool=pool, keep_tokens=keep_tokens, dtype=dt)
+    capture.run(source, batch_size, transform, dev, progress)
+    values = capture.values()
+    grid = capture.token_grid(grid)
+    obs = _obs_with_labels(obs, capture.labels)
+    return _assemble(capture, values, obs, grid, use_rep=use_rep)
 
 
 def _check_channels(model, x) -> None:
