@@ -78,14 +78,21 @@ CASES = [
         fl.pp.normalize_embedding, "annotated", ("X_pca",), {}, ("use_rep",), ("method", "cosine", "'center', 'scale'")
     ),
     Case(
-        fl.tl.sae, "annotated", ("X_pca",), {"n_features": 16, "k": 4, "n_steps": 20, "progress": False,
-                                             "key_added": "sae2"},
-        ("use_rep",), ("architecture", "gated", "'vanilla', 'relu', 'topk', 'batchtopk'"),
-    ),  # fmt: skip
+        fl.tl.sae,
+        "annotated",
+        ("X_pca",),
+        {"n_features": 16, "k": 4, "n_steps": 20, "progress": False, "key_added": "sae2"},
+        ("use_rep",),
+        ("architecture", "gated", "'vanilla', 'relu', 'topk', 'batchtopk'"),
+    ),
     Case(
-        fl.tl.icfl, "annotated", ("X_pca",), {"n_features": 16, "n_steps": 20, "progress": False, "key_added": "ic2"},
-        ("use_rep",), ("selection", "largest", "'signed', 'abs'"),
-    ),  # fmt: skip
+        fl.tl.icfl,
+        "annotated",
+        ("X_pca",),
+        {"n_features": 16, "n_steps": 20, "progress": False, "key_added": "ic2"},
+        ("use_rep",),
+        ("selection", "largest", "'signed', 'abs'"),
+    ),
     Case(fl.tl.encode, "annotated", ("sae",), {"key_added": "sae_again", "progress": False}, ("key",)),
     Case(fl.tl.reconstruct, "annotated", ("sae",), {}, ("key",)),
     Case(fl.tl.feature_stats, "annotated", ("sae",), {}, ("key",)),
@@ -94,38 +101,67 @@ CASES = [
     Case(fl.tl.linear_probe, "annotated", ("condition",), {"use_rep": "X_pca", "split_key": "cell_type"}, ("groupby",)),
     Case(fl.tl.high_vs_low, "annotated", ("sae",), {"features": ["f0", "f1"], "progress": False}, ("key",)),
     Case(
-        fl.tl.enrich, "annotated", ("sae", "GO_BP"), {"methods": "mwu", "progress": False}, ("key", "gene_sets"),
+        fl.tl.enrich,
+        "annotated",
+        ("sae", "GO_BP"),
+        {"methods": "mwu", "progress": False},
+        ("key", "gene_sets"),
         ("methods", "fisher", "'binomial', 'mwu'"),
-    ),  # fmt: skip
+    ),
     Case(
-        fl.tl.gsea, "annotated", ("sae", None, "GO_BP"),
-        {"permutation_num": 10, "max_size": 25, "progress": False}, ("key", "features", "gene_sets"),
-    ),  # fmt: skip
+        fl.tl.gsea,
+        "annotated",
+        ("sae", None, "GO_BP"),
+        {"permutation_num": 10, "max_size": 25, "progress": False},
+        ("key", "features", "gene_sets"),
+    ),
     Case(
-        fl.tl.steer, "annotated", ("sae", None), {"groupby": "cell_type", "group": "CD14 Mono", "progress": False},
-        ("key", "feature"), ("method", "anova", "'t-test', 'wilcoxon', 'deseq2'"),
-    ),  # fmt: skip
+        fl.tl.steer,
+        "annotated",
+        ("sae", None),
+        {"groupby": "cell_type", "group": "CD14 Mono", "progress": False},
+        ("key", "feature"),
+        ("method", "anova", "'t-test', 'wilcoxon', 'deseq2'"),
+    ),
     Case(
-        fl.tl.concept_space, "annotated", ("sae",), {"pval_cutoff": 0.05, "progress": False}, ("key",),
+        fl.tl.concept_space,
+        "annotated",
+        ("sae",),
+        {"pval_cutoff": 0.05, "progress": False},
+        ("key",),
         ("category", "level2", "'level1', 'slim'"),
-    ),  # fmt: skip
+    ),
     Case(
-        fl.tl.probe_concepts, "annotated", ("sae", ["virus"]), {"pval_cutoff": 0.05}, ("key", "words"),
+        fl.tl.probe_concepts,
+        "annotated",
+        ("sae", ["virus"]),
+        {"pval_cutoff": 0.05},
+        ("key", "words"),
         ("direction", "sideways", "'up', 'down'"),
-    ),  # fmt: skip
+    ),
     Case(
-        fl.tl.autoencoder, "simulated", (4,), {"n_epochs": 2, "hidden": (), "progress": False, "split_key": None},
+        fl.tl.autoencoder,
+        "simulated",
+        (4,),
+        {"n_epochs": 2, "hidden": (), "progress": False, "split_key": None},
         ("latent_dim",),
-    ),  # fmt: skip
+    ),
     Case(
-        fl.tl.superposition, "simulated", ("X_programs", ["X_programs_active"]), {"split_key": None},
+        fl.tl.superposition,
+        "simulated",
+        ("X_programs", ["X_programs_active"]),
+        {"split_key": None},
         ("use_rep", "variables"),
-    ),  # fmt: skip
+    ),
     Case(fl.tl.variable_recovery, "simulated", (["X_programs_active"],), {"key": "sae"}, ("variables",)),
     Case(
-        fl.tl.structure_recovery, "simulated", ("sae",), {"percentiles": (50,)}, ("key",),
+        fl.tl.structure_recovery,
+        "simulated",
+        ("sae",),
+        {"percentiles": (50,)},
+        ("key",),
         ("similarity", "spearman", "'cosine', 'pearson'"),
-    ),  # fmt: skip
+    ),
     Case(fl.tl.token_scores, "tokens", ("icfl", "f1"), {}, ("key", "feature")),
 ]
 

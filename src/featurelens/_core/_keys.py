@@ -105,7 +105,8 @@ def claim(
             f"{kind}; e.g. scanpy's parameters of adata.obsm[{obsm!r}]). Choose another `{what}`."
         )
     if obsm in adata.obsm:
-        users = [k for k in _used_as_input(adata, obsm) if k != name]
+        rerun = kind == "whitening" and is_whitening(adata.uns.get(name))  # dictionaries keep their own copy
+        users = [] if rerun else [k for k in _used_as_input(adata, obsm) if k != name]
         foreign = kind is not None and name not in adata.uns
         if users or foreign:
             why = (

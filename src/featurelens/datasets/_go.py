@@ -96,6 +96,7 @@ def go_dag():
 
     Examples
     --------
+    >>> import featurelens as fl
     >>> dag = fl.datasets.go_dag()
     >>> dag.name("GO:0051607")
     'defense response to virus'

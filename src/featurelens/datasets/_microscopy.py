@@ -26,8 +26,11 @@ def cellpainting_plate() -> AnnData:
 
     Examples
     --------
+    >>> import featurelens as fl
     >>> adata = fl.datasets.cellpainting_plate()
     >>> fl.pp.whiten(adata, "X_profiles", control_key="Metadata_broad_sample", control_value="DMSO", n_comps=20)
+    >>> adata.obsm["X_whitened"].shape
+    (384, 20)
     """
     from ..microscopy import read_profiles
 
@@ -47,8 +50,11 @@ def nuclei_image() -> tuple[np.ndarray, np.ndarray]:
 
     Examples
     --------
+    >>> import featurelens as fl
     >>> image, labels = fl.datasets.nuclei_image()
     >>> crops = image.reshape(8, 64, 8, 64).swapaxes(1, 2).reshape(-1, 64, 64)
+    >>> crops.shape, int(labels.max()) > 0
+    ((64, 64, 64), True)
     """
     import tifffile
 

@@ -10,7 +10,8 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from .._utils import check_positive_int, plain_params, version
+from .._checks import check_positive_int
+from .._core import plain_params, version
 
 #: defaults of the two simulations of the paper
 _DEFAULTS = {
@@ -126,10 +127,12 @@ def simulate(
 
     Examples
     --------
-    >>> adata = fl.datasets.simulate("large", n_obs=5_000, n_genes=2_000)
+    >>> import featurelens as fl
+    >>> adata = fl.datasets.simulate("large", n_obs=1_000, n_genes=200)
     >>> adata.obsm["X_programs_active"].shape
-    (5000, 100)
-    >>> adata_small = fl.datasets.simulate("small")
+    (1000, 100)
+    >>> fl.datasets.simulate("small", n_obs=300).n_obs
+    300
     """
     n_obs, n_genes, n_programs, chunk_size, vf = _check_arguments(
         kind, counts, n_obs, n_genes, n_programs, chunk_size, validation_fraction, connectivity, type_activity

@@ -8,6 +8,8 @@ from os import PathLike
 import numpy as np
 import pandas as pd
 
+from .._checks import check_choice
+
 __all__ = ["GODag", "read_go_dag"]
 
 ROOTS = {"BP": "GO:0008150", "MF": "GO:0003674", "CC": "GO:0005575"}
@@ -61,6 +63,7 @@ class GODag:
 
     Examples
     --------
+    >>> import featurelens as fl
     >>> dag = fl.datasets.go_dag()
     >>> dag.level1("GO:0051607")  # defense response to virus
     ['GO:0044419', 'GO:0050896']
@@ -217,6 +220,7 @@ class GODag:
 
         Examples
         --------
+        >>> import featurelens as fl
         >>> "GO:0008150" in fl.datasets.go_dag().ancestors("GO:0051607")
         True
         """
@@ -263,10 +267,11 @@ class GODag:
 
         Examples
         --------
-        >>> fl.datasets.go_dag().categories(["GO:0051607", "GO:0006412"])
+        >>> import featurelens as fl
+        >>> fl.datasets.go_dag().categories(["GO:0051607", "GO:0006412"])["category"].tolist()
+        ['GO:0044419', 'GO:0050896', 'GO:0008152', 'GO:0009987']
         """
-        if by not in ("level1", "slim"):
-            raise ValueError(f"by must be 'level1' or 'slim', got {by!r}.")
+        check_choice(by, "by", ("level1", "slim"))
         rows_t, rows_c = [], []
         for t in dict.fromkeys(str(t) for t in terms):
             if t not in self._pos:
@@ -302,7 +307,10 @@ def read_go_dag(
 
     Examples
     --------
-    >>> dag = fl.io.read_go_dag("go_terms.tsv.gz", "go_edges.tsv.gz")
+    >>> from importlib import resources
+    >>> import featurelens as fl
+    >>> data = resources.files("featurelens") / "datasets" / "data"
+    >>> dag = fl.io.read_go_dag(data / "go_terms_2022-07-01.tsv.gz", data / "go_edges_2022-07-01.tsv.gz")
     >>> dag.level1("GO:0051607")
     ['GO:0044419', 'GO:0050896']
     """

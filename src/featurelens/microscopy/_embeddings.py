@@ -13,7 +13,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from .._utils import check_adata, version
+from .._core import check_adata, version
 
 UNS_KEY = "microscopy"
 TOKENS_KEY = "X_tokens"
@@ -360,9 +360,13 @@ def aggregate(
 
     Examples
     --------
-    >>> crops = fl.microscopy.from_embeddings(emb, obs)  # obs has plate, well, site, crop
+    >>> import numpy as np, featurelens as fl
+    >>> emb = np.random.default_rng(0).normal(size=(12, 8)).astype(np.float32)
+    >>> obs = {"plate": ["P1"] * 12, "well": ["A01"] * 6 + ["A02"] * 6, "site": list(range(6)) * 2}
+    >>> crops = fl.microscopy.from_embeddings(emb, obs)
     >>> wells = fl.microscopy.aggregate(crops, ("plate", "well"))
-    >>> fl.tl.icfl(wells, "X_emb")
+    >>> wells.n_obs
+    2
     """
     check_adata(adata)
     by_list = _by_columns(adata, by)

@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from .._utils import check_positive_int, resolve_device
+from .._checks import check_positive_int
+from .._core import resolve_device
 from ._embeddings import POOLING, UNS_KEY, _float_dtype, from_embeddings
 
 
@@ -407,11 +408,13 @@ def extract_embeddings(
 
     Examples
     --------
-    >>> import torchvision, featurelens as fl
-    >>> vit = torchvision.models.vit_b_16(weights="DEFAULT")  # any nn.Module you have locally
-    >>> adata = fl.microscopy.extract_embeddings(vit, crops, layer="encoder.layers.encoder_layer_11", cls_token=True)
-    >>> fl.tl.icfl(adata, "X_emb")
-    >>> scores = fl.microscopy.token_scores(adata, "icfl", "f0")  # (n_crops, 14, 14)
+    >>> import torch, featurelens as fl
+    >>> image, _ = fl.datasets.nuclei_image()
+    >>> crops = torch.tensor(image.reshape(8, 64, 8, 64).swapaxes(1, 2).reshape(-1, 1, 64, 64) / image.max()).float()
+    >>> cnn = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AvgPool2d(8))
+    >>> adata = fl.microscopy.extract_embeddings(cnn, crops, layer="2", progress=False)
+    >>> adata.obsm["X_tokens"].shape, adata.uns["microscopy"]["grid"].tolist()
+    ((64, 64, 8), [8, 8])
     """
     module = _resolve_layer(model, layer)
     batch_size = check_positive_int(batch_size, "batch_size")

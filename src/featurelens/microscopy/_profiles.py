@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from .._utils import version
+from .._core import version
 from ._embeddings import UNS_KEY
 
 PROFILES_KEY = "X_profiles"
@@ -109,9 +109,12 @@ def read_profiles(path: str | os.PathLike | pd.DataFrame, *, metadata_prefix: st
 
     Examples
     --------
-    >>> adata = fl.microscopy.read_profiles("SQ00015054_normalized_feature_select.csv.gz")
-    >>> fl.pp.whiten(adata, "X_profiles", control_key="Metadata_broad_sample", control_value="DMSO", n_comps=20)
-    >>> fl.tl.icfl(adata, "X_whitened")
+    >>> from importlib import resources
+    >>> import featurelens as fl
+    >>> path = resources.files("featurelens") / "datasets" / "data" / "SQ00015054_normalized_feature_select.csv.gz"
+    >>> adata = fl.microscopy.read_profiles(path)
+    >>> adata.shape
+    (384, 454)
     """
     if not isinstance(metadata_prefix, str):
         raise TypeError(f"`metadata_prefix` must be a str, got {type(metadata_prefix).__name__}.")

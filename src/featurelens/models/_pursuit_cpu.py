@@ -121,7 +121,7 @@ if HAVE_NUMBA:
         return True
 
     @njit(cache=True, nogil=True, parallel=True, fastmath=_FM)
-    def pursuit_kernel(c0, G, W, n_iter, L, signed, ridge, energy, tol, out_idx, out_val):
+    def pursuit_kernel(c0, G, W, n_iter, L, signed, ridge, energy, tol, out_idx, out_val):  # noqa: C901 (one fused loop nest, for speed)
         """Non-orthogonal ICFL pursuit for every row of ``c0`` (see :func:`featurelens.models.icfl.pursuit`)."""
         B, M = c0.shape
         d = W.shape[1]

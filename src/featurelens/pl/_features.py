@@ -74,7 +74,10 @@ def activations(
 
     Examples
     --------
-    >>> fl.pl.activations(adata, "sae", ["f3", "f17"], basis="umap")
+    >>> import featurelens as fl
+    >>> adata = fl.datasets.kang2018(preprocess=True)
+    >>> fl.tl.sae(adata, "X_pca", n_features=64, n_steps=200, progress=False)
+    >>> axes = fl.pl.activations(adata, "sae", ["f3", "f17"], basis="umap_2d", show=False)
     """
     import scanpy as sc
 
@@ -250,8 +253,12 @@ def selectivity(
 
     Examples
     --------
-    >>> fl.tl.selectivity(adata, "icfl", "perturbation")
-    >>> fl.pl.selectivity(adata, "icfl", "perturbation")
+    >>> import featurelens as fl
+    >>> adata = fl.datasets.cellpainting_plate()
+    >>> adata = adata[adata.obs["Metadata_moa"].notna()].copy()
+    >>> fl.tl.icfl(adata, "X_profiles", n_features=128, n_steps=200, progress=False)
+    >>> fl.tl.selectivity(adata, "icfl", "Metadata_moa")
+    >>> ax = fl.pl.selectivity(adata, "icfl", "Metadata_moa", show=False)
     """
     entry = get_entry(adata, key)
     _, stored = by_grouping(entry, key, "selectivity", groupby, "selectivity")
@@ -304,8 +311,11 @@ def feature_types(
 
     Examples
     --------
+    >>> import featurelens as fl
+    >>> adata = fl.datasets.kang2018(preprocess=True)
+    >>> fl.tl.sae(adata, "X_pca", n_features=64, n_steps=200, progress=False)
     >>> fl.tl.feature_types(adata, "sae", "cell_type")
-    >>> fl.pl.feature_types(adata, "sae")
+    >>> ax = fl.pl.feature_types(adata, "sae", "cell_type", show=False)
     """
     entry = get_entry(adata, key)
     groupby, stored = by_grouping(entry, key, "feature_types", groupby, "feature_types")
@@ -362,7 +372,10 @@ def reconstruction(
 
     Examples
     --------
-    >>> fl.pl.reconstruction(adata, "sae")
+    >>> import featurelens as fl
+    >>> adata = fl.datasets.kang2018(preprocess=True)
+    >>> fl.tl.sae(adata, "X_pca", n_features=64, n_steps=200, progress=False)
+    >>> ax = fl.pl.reconstruction(adata, "sae", groupby="condition", show=False)
     """
     entry = get_entry(adata, key)
     col = f"{key}_cosine"

@@ -264,9 +264,13 @@ def token_heatmap(
 
     Examples
     --------
-    >>> adata = fl.microscopy.extract_embeddings(cnn, crops, layer="pool3")
-    >>> fl.tl.icfl(adata, "X_emb")
-    >>> fl.pl.token_heatmap(adata, "icfl", "f3", crops, n=6)
+    >>> import numpy as np, featurelens as fl
+    >>> rng = np.random.default_rng(0)
+    >>> images = rng.random((40, 32, 32))
+    >>> adata = fl.microscopy.from_embeddings(rng.normal(size=(40, 16, 8)).astype(np.float32), grid=(4, 4))
+    >>> fl.tl.icfl(adata, "X_emb", n_features=16, n_steps=100, progress=False)
+    >>> fl.tl.token_scores(adata, "icfl", "f3")
+    >>> axes = fl.pl.token_heatmap(adata, "icfl", "f3", images, n=4, show=False)
     """
     _, j, fname = _feature(adata, key, feature)
     check_choice(order, "order", ORDERS)
@@ -383,8 +387,13 @@ def top_images(
 
     Examples
     --------
-    >>> fl.tl.icfl(adata, "X_emb")
-    >>> fl.pl.top_images(adata, "icfl", "f3", crops, n=6)
+    >>> import numpy as np, featurelens as fl
+    >>> rng = np.random.default_rng(0)
+    >>> images = rng.random((40, 32, 32))
+    >>> adata = fl.microscopy.from_embeddings(rng.normal(size=(40, 8)).astype(np.float32))
+    >>> fl.tl.icfl(adata, "X_emb", n_features=16, n_steps=100, progress=False)
+    >>> fl.tl.token_scores(adata, "icfl", "f3")
+    >>> axes = fl.pl.top_images(adata, "icfl", "f3", images, n=4, show=False)
     """
     _, _, fname = _feature(adata, key, feature)
     if images is None and image_key is None:

@@ -70,10 +70,12 @@ def recovery(
 
     Examples
     --------
-    >>> for rep in ("X_pca", "X_ica", "X_svd"):
-    ...     fl.tl.variable_recovery(adata, ["X", "X_programs", "X_programs_active"], use_rep=rep)
-    >>> fl.tl.variable_recovery(adata, ["X", "X_programs", "X_programs_active"], key="sae")
-    >>> fl.pl.recovery(adata, ["X_pca", "X_ica", "X_svd", "sae"])
+    >>> import featurelens as fl
+    >>> adata = fl.datasets.simulate("large", n_obs=1_000, n_genes=200)
+    >>> fl.tl.sae(adata, "X_programs", n_features=64, n_steps=100, progress=False)
+    >>> fl.tl.variable_recovery(adata, ["X_programs", "X_programs_active"], key="sae")
+    >>> fl.tl.variable_recovery(adata, ["X_programs", "X_programs_active"], use_rep="X_programs")
+    >>> ax = fl.pl.recovery(adata, ["X_programs", "sae"], show=False)
     """
     table = recovery_table(adata, methods, key=key)
     if variables is not None:

@@ -64,7 +64,10 @@ def history(
 
     Examples
     --------
-    >>> fl.pl.history(adata, "sae", ["fvu", "dead_fraction"])
+    >>> import featurelens as fl
+    >>> adata = fl.datasets.kang2018(preprocess=True)
+    >>> fl.tl.sae(adata, "X_pca", n_features=64, n_steps=200, progress=False)
+    >>> axes = fl.pl.history(adata, "sae", ["fvu", "dead_fraction"], show=False)
     """
     hist = get_history(adata, key)
     metrics = [metrics] if isinstance(metrics, str) else list(metrics)

@@ -160,9 +160,12 @@ def superposition(
 
     Examples
     --------
-    >>> adata = fl.datasets.simulate("large", n_obs=5_000, n_genes=1_000)
-    >>> fl.tl.autoencoder(adata, 50)
-    >>> fl.tl.superposition(adata, "X_ae", ["X_programs", "X_programs_batch", "X_programs_active"])
+    >>> import featurelens as fl
+    >>> adata = fl.datasets.simulate("large", n_obs=1_000, n_genes=200)
+    >>> fl.tl.autoencoder(adata, 8, n_epochs=3, progress=False)
+    >>> fl.tl.superposition(adata, "X_ae", ["X_programs", "X_programs_active"])
+    >>> fl.get.recovery(adata, "superposition", "X_ae").index.tolist()
+    ['X_programs', 'X_programs_active']
     """
     variables = _as_list(variables)
     store_key = stem(key_added, "superposition")
@@ -344,9 +347,13 @@ def variable_recovery(
 
     Examples
     --------
-    >>> adata = fl.datasets.simulate("large", n_obs=5_000, n_genes=1_000)
-    >>> fl.tl.variable_recovery(adata, ["X", "X_programs", "X_programs_active"], key="sae")
-    >>> fl.tl.variable_recovery(adata, ["X", "X_programs", "X_programs_active"], use_rep="X_pca")
+    >>> import featurelens as fl
+    >>> adata = fl.datasets.simulate("large", n_obs=1_000, n_genes=200)
+    >>> fl.tl.sae(adata, "X_programs", n_features=64, n_steps=100, progress=False)
+    >>> fl.tl.variable_recovery(adata, ["X_programs", "X_programs_active"], key="sae")
+    >>> fl.tl.variable_recovery(adata, ["X_programs_active"], use_rep="X_programs")
+    >>> fl.get.recovery(adata, "variable_recovery", "sae")["n_dims"].to_dict()
+    {'X_programs': 100, 'X_programs_active': 100}
     """
     variables = _as_list(variables)
     if (key is None) == (use_rep is None):
@@ -522,10 +529,12 @@ def structure_recovery(
 
     Examples
     --------
-    >>> adata = fl.datasets.simulate("large", n_obs=5_000, n_genes=1_000)
-    >>> fl.tl.autoencoder(adata, 50)
-    >>> fl.tl.sae(adata, "X_ae")
-    >>> fl.tl.structure_recovery(adata, "sae")
+    >>> import featurelens as fl
+    >>> adata = fl.datasets.simulate("large", n_obs=1_000, n_genes=200)
+    >>> fl.tl.sae(adata, "X_programs", n_features=64, n_steps=100, progress=False)
+    >>> fl.tl.structure_recovery(adata, "sae", percentiles=(50, 70))
+    >>> fl.get.recovery(adata, "structure_recovery", "sae").index.tolist()
+    ['50', '70']
     """
     check_choice(similarity, "similarity", ("cosine", "pearson"))
     pct = [float(q) for q in percentiles]
@@ -727,9 +736,11 @@ def autoencoder(
 
     Examples
     --------
-    >>> adata = fl.datasets.simulate("large", n_obs=5_000, n_genes=1_000)
-    >>> fl.tl.autoencoder(adata, 50)
-    >>> fl.tl.superposition(adata, "X_ae", ["X_programs", "X_programs_active"])
+    >>> import featurelens as fl
+    >>> adata = fl.datasets.simulate("large", n_obs=1_000, n_genes=200)
+    >>> fl.tl.autoencoder(adata, 8, n_epochs=3, progress=False)
+    >>> adata.obsm["X_ae"].shape
+    (1000, 8)
     """
     latent_dim = check_positive_int(latent_dim, "latent_dim")
     n_epochs = check_positive_int(n_epochs, "n_epochs")

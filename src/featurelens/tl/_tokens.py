@@ -71,7 +71,7 @@ def token_scores(
     --------
     >>> import numpy as np, featurelens as fl
     >>> rng = np.random.default_rng(0)
-    >>> adata = fl.microscopy.from_embeddings(tokens=rng.normal(size=(40, 16, 8)).astype(np.float32), grid=(4, 4))
+    >>> adata = fl.microscopy.from_embeddings(rng.normal(size=(40, 16, 8)).astype(np.float32), grid=(4, 4))
     >>> fl.tl.icfl(adata, "X_emb", n_features=16, n_steps=100, progress=False)
     >>> fl.tl.token_scores(adata, "icfl", "f3")
     >>> fl.get.token_scores(adata, "icfl", "f3").shape
