@@ -13,7 +13,9 @@ def kang_pca() -> ad.AnnData:
     """Kang 2018 PBMCs, log-normalised, 30-PC PCA (computed once per session)."""
     import scanpy as sc
 
-    adata = ad.read_h5ad(data_path("scrna", "kang2018_ifnb_sub2000_counts.h5ad"))
+    import featurelens as fl
+
+    adata = fl.datasets.kang2018()
     sc.pp.normalize_total(adata, target_sum=1e4)
     sc.pp.log1p(adata)
     sc.pp.pca(adata, n_comps=30, random_state=0)
@@ -54,15 +56,9 @@ def small_adata() -> ad.AnnData:
 @pytest.fixture(scope="session")
 def kang_sae():
     """Kang 2018 on 2,000 HVGs, 30 PCs, a default TopK SAE with cell-type feature types."""
-    import scanpy as sc
-
     import featurelens as fl
 
-    adata = ad.read_h5ad(data_path("scrna", "kang2018_ifnb_sub2000_counts.h5ad"))
-    sc.pp.normalize_total(adata, target_sum=1e4)
-    sc.pp.log1p(adata)
-    sc.pp.highly_variable_genes(adata, n_top_genes=2000)
-    sc.pp.pca(adata, n_comps=30, mask_var="highly_variable", random_state=0)
+    adata = fl.datasets.kang2018(preprocess=True)  # the same steps: normalise, log1p, 2,000 HVGs, 30 PCs
     fl.tl.sae(adata, "X_pca", progress=False)
     fl.tl.feature_types(adata, "sae", "cell_type")
     return adata

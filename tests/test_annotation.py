@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import warnings
 
 import anndata as ad
@@ -11,7 +10,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 import scipy.stats as ss
-from helpers import assert_uns_equal
+from helpers import assert_uns_equal, interferon_features
 from statsmodels.stats.multitest import multipletests
 
 import featurelens as fl
@@ -247,25 +246,6 @@ def test_enrichment_matches_scipy_per_term(kang_enriched):
         assert row["hits"] == k and row["n_deg"] == n
         assert row["pval"] == pytest.approx(ref, rel=1e-6)
         assert row["fold_enrichment"] == pytest.approx(k / (n * inside.sum() / len(ids)))
-
-
-INTERFERON = re.compile(r"virus|viral|type I interferon|interferon-alpha|interferon-beta", re.IGNORECASE)
-
-
-def interferon_features(adata, key="sae") -> list[str]:
-    """Features whose high cells are >= 90% STIM with a virus / type I IFN term (padj < 1e-6) in their top 5."""
-    dge = adata.uns[key]["dge"]
-    stim = (adata.obs["condition"] == "STIM").to_numpy()
-    res = fl.get.enrichment(adata, key)
-    hits = []
-    for i, name in enumerate(dge["summary"].index):
-        cells = dge["high_cells"][i].indices
-        if cells.size == 0 or stim[cells].mean() < 0.9:
-            continue
-        top = res[(res["feature"] == name) & (res["test"] == "binomial_up")].nsmallest(5, "padj")
-        if any(INTERFERON.search(str(n)) and p < 1e-6 for n, p in zip(top["name"], top["padj"], strict=True)):
-            hits.append(name)
-    return hits
 
 
 def test_interferon_feature_is_annotated_with_virus_terms(kang_enriched):

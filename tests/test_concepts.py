@@ -11,8 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
-from helpers import assert_uns_equal, data_path
-from test_annotation import INTERFERON, interferon_features
+from helpers import INTERFERON, assert_uns_equal, data_path, interferon_features
 
 import featurelens as fl
 

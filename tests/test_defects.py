@@ -80,7 +80,7 @@ def test_high_vs_low_reads_the_feature_types_of_its_own_groupby(kang):
 def test_a_result_key_cannot_destroy_input(kang):
     pca = kang.obsm["X_pca"].copy()
     before = copy.deepcopy(dict(kang.uns))
-    with pytest.raises(ValueError, match="would overwrite the input adata.obsm"):
+    with pytest.raises(ValueError, match=r"would overwrite the input adata\.obsm"):
         fl.tl.sae(kang, "X_pca", key_added="pca", n_steps=5, progress=False)
     kang.obsm["X_other"] = pca.copy()
     with pytest.raises(ValueError, match=r"adata.uns\['pca'\], which holds something else"):

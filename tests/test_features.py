@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
-from helpers import assert_uns_equal
+from helpers import assert_uns_equal, synthetic_dictionary
 
 import featurelens as fl
 from featurelens.stats import alpha_scores, group_moments, pearson_max_partner, selectivity_scores
@@ -72,32 +72,8 @@ def test_pearson_partner_matches_corrcoef():
 
 
 # ---------------------------------------------------------------------------- a dictionary with known activations
-def _synthetic(n_per_group=50, seed=0):
-    """Activations with planted structure: f0 local to A, f1 local to B, f2 global, f3 dead, f4 == 2*f0."""
-    rng = np.random.default_rng(seed)
-    groups = np.repeat(["A", "B", "C"], n_per_group)
-    n = groups.size
-    Z = np.zeros((n, 6), np.float32)
-    Z[groups == "A", 0] = rng.uniform(1, 2, n_per_group)
-    Z[groups == "B", 1] = rng.uniform(1, 2, n_per_group)
-    Z[:, 2] = rng.uniform(0.5, 1.5, n)
-    Z[:, 4] = 2 * Z[:, 0]
-    Z[rng.random(n) < 0.2, 5] = 0.3
-    adata = ad.AnnData(np.zeros((n, 2), np.float32))
-    adata.obs["group"] = pd.Categorical(groups)
-    adata.obs["batch"] = np.tile(["b1", "b2"], n // 2 + 1)[:n]
-    adata.obsm["X_syn"] = sp.csr_matrix(Z)
-    dec = np.eye(6, 8, dtype=np.float32)
-    adata.uns["syn"] = {
-        "params": {"method": "sae", "architecture": "topk", "k": 3, "use_rep": "X_emb"},
-        "decoder": dec,
-        "features": pd.DataFrame(index=[f"f{i}" for i in range(6)]),
-    }
-    return adata, Z
-
-
 def test_feature_stats_on_known_activations(tmp_path):
-    adata, Z = _synthetic()
+    adata, Z = synthetic_dictionary()
     fl.tl.feature_stats(adata, "syn")
     f = adata.uns["syn"]["features"]
     np.testing.assert_array_equal(f["n_active"], (Z > 0).sum(0))
@@ -117,7 +93,7 @@ def test_feature_stats_on_known_activations(tmp_path):
 
 
 def test_feature_types_on_known_activations(tmp_path):
-    adata, _ = _synthetic()
+    adata, _ = synthetic_dictionary()
     fl.tl.feature_types(adata, "syn", "group")
     f = adata.uns["syn"]["features"]
     assert f["type"].tolist() == ["local", "local", "global", "dead", "local", "global"]
@@ -133,7 +109,7 @@ def test_feature_types_on_known_activations(tmp_path):
 
 
 def test_selectivity_on_known_activations(tmp_path):
-    adata, _ = _synthetic()
+    adata, _ = synthetic_dictionary()
     fl.tl.selectivity(adata, "syn", "group")
     s = adata.uns["syn"]["selectivity"]["group"]
     assert s["average"].loc["f0", "A"] == pytest.approx(1.0)
@@ -180,7 +156,7 @@ def test_selectivity_on_known_activations(tmp_path):
     ],
 )
 def test_bad_input_is_reported(edit, call, match):
-    adata, _ = _synthetic()
+    adata, _ = synthetic_dictionary()
     if edit is not None:
         edit(adata)
     cols = list(adata.uns["syn"]["features"].columns)

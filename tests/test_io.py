@@ -9,7 +9,7 @@ import pytest
 from helpers import data_path
 
 import featurelens as fl
-from featurelens.datasets._go import _read_go
+from featurelens.io._gmt import bundled_go as _read_go
 
 BP_ALL = "human_GO_BP_propagated_all_2022-07-01.gmt.gz"
 BUNDLED = Path(fl.datasets.__file__).parent / "data"
@@ -133,6 +133,7 @@ def test_read_gmt_not_text(tmp_path):
 # ---------------------------------------------------------------- bundled GO sets on real data
 
 
+@pytest.mark.shared_data
 def test_bundled_files_unchanged():
     for ontology in ("BP", "MF", "CC"):
         name = f"human_GO_{ontology}_propagated_all_2022-07-01.gmt.gz"
@@ -140,30 +141,40 @@ def test_bundled_files_unchanged():
     assert "CC BY 4.0" in (BUNDLED / "ATTRIBUTION.md").read_text()
 
 
+def test_bundled_bp_is_read_in_full():
+    bundled = fl.io.read_gmt(BUNDLED / BP_ALL)
+    pd.testing.assert_frame_equal(fl.datasets.go_gene_sets("BP"), bundled)
+    assert bundled["term"].nunique() == 15975
+    assert len(bundled) == 1_461_602
+    first = bundled.iloc[0]
+    assert (first["term"], first["name"], first["gene"]) == ("GO:0000002", "mitochondrial genome maintenance", "AKT3")
+
+
+@pytest.mark.shared_data
 def test_bundled_bp_equals_shared_file():
     shared = fl.io.read_gmt(data_path("go", BP_ALL))
-    bundled = fl.io.read_gmt(BUNDLED / BP_ALL)
-    pd.testing.assert_frame_equal(bundled, shared)
-    pd.testing.assert_frame_equal(fl.datasets.go_gene_sets("BP"), shared)
-    assert shared["term"].nunique() == 15975
-    assert len(shared) == 1_461_602
-    first = shared.iloc[0]
-    assert (first["term"], first["name"], first["gene"]) == ("GO:0000002", "mitochondrial genome maintenance", "AKT3")
+    pd.testing.assert_frame_equal(fl.io.read_gmt(BUNDLED / BP_ALL), shared)
 
 
 @pytest.mark.parametrize(
     ("ontology", "n_all", "n_5_500"), [("BP", 15975, 9006), ("MF", 4964, 1899), ("CC", 2024, 1133)]
 )
-def test_go_gene_sets_size_filter_matches_shared_5_500(ontology, n_all, n_5_500):
+def test_go_gene_sets_size_filter(ontology, n_all, n_5_500):
     assert fl.datasets.go_gene_sets(ontology)["term"].nunique() == n_all
     filtered = fl.datasets.go_gene_sets(ontology.lower(), min_size=5, max_size=500)
-    reference = fl.io.read_gmt(data_path("go", f"human_GO_{ontology}_propagated_5-500_2022-07-01.gmt.gz"))
     assert filtered["term"].nunique() == n_5_500
-    assert set(filtered["term"]) == set(reference["term"])
-    assert as_dict(filtered) == as_dict(reference)
     sizes = filtered.groupby("term").size()
     assert sizes.min() >= 5
     assert sizes.max() <= 500
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize("ontology", ["BP", "MF", "CC"])
+def test_go_gene_sets_size_filter_matches_shared_5_500(ontology):
+    filtered = fl.datasets.go_gene_sets(ontology.lower(), min_size=5, max_size=500)
+    reference = fl.io.read_gmt(data_path("go", f"human_GO_{ontology}_propagated_5-500_2022-07-01.gmt.gz"))
+    assert set(filtered["term"]) == set(reference["term"])
+    assert as_dict(filtered) == as_dict(reference)
 
 
 def test_go_gene_sets_bounds_are_inclusive():
@@ -180,7 +191,7 @@ def test_gseapy_reads_the_same_sets(tmp_path):
     from gseapy.parser import read_gmt as gp_read_gmt
 
     plain = tmp_path / "bp.gmt"  # gseapy only reads uncompressed files ending in .gmt
-    with gzip.open(data_path("go", BP_ALL), "rb") as src, open(plain, "wb") as dst:
+    with gzip.open(BUNDLED / BP_ALL, "rb") as src, open(plain, "wb") as dst:
         shutil.copyfileobj(src, dst)
     theirs = gp_read_gmt(str(plain))
     assert next(iter(theirs)) == "GO:0000002"  # gseapy keys are the term id alone

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import assert_uns_equal, data_path
+from helpers import assert_uns_equal, data_path, small_cnn, tiles
 
 import featurelens as fl
 
@@ -43,29 +41,6 @@ class TinyViT(nn.Module):
 
     def forward(self, x):
         return self.head(self.norm(self.tokens(x, len(self.blocks)))[:, 0])
-
-
-def small_cnn(in_ch=1, seed=0):
-    """Random CNN: three conv-ReLU-maxpool stages (64 px -> 8 x 8 map) and a head."""
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        OrderedDict(
-            conv1=nn.Conv2d(in_ch, 16, 3, padding=1),
-            relu1=nn.ReLU(),
-            pool1=nn.MaxPool2d(2),
-            conv2=nn.Conv2d(16, 32, 3, padding=1),
-            relu2=nn.ReLU(),
-            pool2=nn.MaxPool2d(2),
-            conv3=nn.Conv2d(32, 32, 3, padding=1),
-            relu3=nn.ReLU(),
-            pool3=nn.MaxPool2d(2),
-            conv4=nn.Conv2d(32, 32, 3, padding=1),
-            relu4=nn.ReLU(),
-            gap=nn.AdaptiveAvgPool2d(1),
-            flat=nn.Flatten(),
-            head=nn.Linear(32, 4),
-        )
-    )
 
 
 class PairDataset(torch.utils.data.Dataset):
@@ -483,11 +458,6 @@ def test_cell_painting_whitening_icfl_and_moa_selectivity():
 
 
 # ---------------------------------------------------------------------------- acceptance: fluorescence images
-def _tiles(x, size):
-    h, w = x.shape
-    return x.reshape(h // size, size, w // size, size).swapaxes(1, 2).reshape(-1, size, size)
-
-
 def _best_abs_corr(scores, target):
     """max over features of |Pearson r| between all token scores and ``target`` (same shape per feature)."""
     t = target.ravel() - target.mean()
@@ -508,8 +478,8 @@ def nuclei_crops():
     mask = tifffile.imread(data_path("images", "stardist_dsb2018_mask2d.tif"))
     lo, hi = np.percentile(img, [1, 99.8])
     img = np.clip((img - lo) / (hi - lo), 0, 1)
-    crops = _tiles(img, 64)  # 64 crops of 64 x 64
-    nuclear = _tiles((mask > 0).astype(np.float32), 64).reshape(64, 8, 8, 8, 8).mean(axis=(2, 4))  # per token
+    crops = tiles(img, 64)  # 64 crops of 64 x 64
+    nuclear = tiles((mask > 0).astype(np.float32), 64).reshape(64, 8, 8, 8, 8).mean(axis=(2, 4))  # per token
     obs = pd.DataFrame({"row": np.repeat(np.arange(8), 8), "col": np.tile(np.arange(8), 8)})
     obs.index = [f"crop_{r}_{c}" for r, c in zip(obs["row"], obs["col"], strict=True)]
     adata = fl.microscopy.extract_embeddings(small_cnn(), crops, layer="pool3", obs=obs, progress=False)

@@ -2,45 +2,20 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
-from matplotlib.testing.compare import compare_images
-from matplotlib.testing.decorators import remove_ticks_and_titles
-from test_features import _synthetic
+from helpers import check_image, synthetic_dictionary
 
 import featurelens as fl
-
-IMAGES = Path(__file__).parent / "_images"
-DPI = 40
-TOL = 15
-
-
-def check_image(fig, name: str, tmp_path: Path) -> None:
-    """Compare a figure, without text, against tests/_images/<name>.png."""
-    remove_ticks_and_titles(fig)
-    for ax in fig.axes:
-        ax.set_xlabel("")
-        ax.set_ylabel("")
-        if ax.get_legend() is not None:
-            ax.get_legend().remove()
-    actual = tmp_path / f"{name}.png"
-    fig.savefig(actual, dpi=DPI)
-    plt.close(fig)
-    expected = IMAGES / f"{name}.png"
-    assert expected.exists(), f"missing baseline {expected}; copy {actual} there after checking it by eye"
-    result = compare_images(str(expected), str(actual), tol=TOL)
-    assert result is None, result
 
 
 @pytest.fixture
 def typed():
-    adata, _ = _synthetic(n_per_group=40, seed=3)
+    adata, _ = synthetic_dictionary(n_per_group=40, seed=3)
     fl.tl.feature_types(adata, "syn", "group")
     fl.tl.selectivity(adata, "syn", "group")
     return adata

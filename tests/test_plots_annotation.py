@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from helpers import check_image
 from matplotlib import colors as mcolors
-from test_plots import check_image
 
 import featurelens as fl
 

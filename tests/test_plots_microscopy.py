@@ -14,10 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
-from helpers import assert_uns_equal, data_path
+from helpers import assert_uns_equal, check_image, data_path, small_cnn, tiles
 from scipy.ndimage import zoom
-from test_microscopy import _tiles, small_cnn
-from test_plots import check_image
 
 import featurelens as fl
 
@@ -36,7 +34,7 @@ def nuclei():
     pooled embedding (standardised, so the cosine has both signs), plus the feature active in the most crops."""
     import tifffile
 
-    raw = _tiles(tifffile.imread(data_path("images", "stardist_dsb2018_img2d.tif")), 64)
+    raw = tiles(tifffile.imread(data_path("images", "stardist_dsb2018_img2d.tif")), 64)
     img = raw.astype(np.float32)
     lo, hi = np.percentile(img, [1, 99.8])
     obs = pd.DataFrame({"row": np.repeat(np.arange(8), 8), "col": np.tile(np.arange(8), 8)})
@@ -313,7 +311,7 @@ def test_token_heatmap_image(nuclei, tmp_path):
     pre = entry["preprocess"]
     tok = (adata.obsm["X_tokens"].reshape(-1, 32).astype(np.float64) - pre["mean"]) / pre["scale"]
     mask = tifffile.imread(data_path("images", "stardist_dsb2018_mask2d.tif")) > 0
-    nuclear = _tiles(mask.astype(np.float32), 64).reshape(64, 8, 8, 8, 8).mean(axis=(2, 4)).ravel() > 0.5
+    nuclear = tiles(mask.astype(np.float32), 64).reshape(64, 8, 8, 8, 8).mean(axis=(2, 4)).ravel() > 0.5
     direction = tok[nuclear].mean(0) - tok[~nuclear].mean(0)
     entry["decoder"] = np.tile(direction.astype(np.float32), (16, 1))
     adata.obsm[f"X_{KEY}"] = sp.csr_matrix(np.outer(np.arange(64) % 7, np.ones(16)).astype(np.float32))

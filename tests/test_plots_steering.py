@@ -12,10 +12,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import assert_uns_equal
+from helpers import assert_uns_equal, check_image
 from matplotlib.quiver import Quiver
 from sklearn.decomposition import PCA
-from test_plots import check_image
 
 import featurelens as fl
 

@@ -374,8 +374,7 @@ def recovery(adata: AnnData, kind: str, name: str, *, table: str = "summary", ke
             f"run `fl.tl.{kind}` first."
         )
     res = store[name]
-    if table not in res or table == "params":
-        raise ValueError(f"`table` must be one of {[t for t in res if t != 'params']}, got {table!r}.")
+    check_choice(table, "table", [t for t in res if t != "params"])
     return res[table].copy()
 
 

@@ -13,6 +13,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+from .._checks import check_choice
 from .._core import check_adata, version
 
 UNS_KEY = "microscopy"
@@ -223,8 +224,7 @@ def from_embeddings(
 def _check_options(use_rep: Any, pool: str, cls_token: bool) -> None:
     if not isinstance(use_rep, str) or not use_rep or use_rep == TOKENS_KEY:
         raise ValueError(f"`use_rep` must be a non-empty obsm key other than {TOKENS_KEY!r}, got {use_rep!r}.")
-    if pool not in POOLING:
-        raise ValueError(f"`pool` must be one of {POOLING}, got {pool!r}.")
+    check_choice(pool, "pool", POOLING)
     if pool == "cls" and not cls_token:
         raise ValueError("`pool='cls'` uses the class token; pass `cls_token=True` (the first token is the CLS token).")
 
@@ -370,8 +370,7 @@ def aggregate(
     """
     check_adata(adata)
     by_list = _by_columns(adata, by)
-    if func not in AGG_FUNCS:
-        raise ValueError(f"`func` must be one of {AGG_FUNCS}, got {func!r}.")
+    check_choice(func, "func", AGG_FUNCS)
     _check_complete(adata.obs, by_list)
     reps = _obsm_keys(adata, use_rep)
 

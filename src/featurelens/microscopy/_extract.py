@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from .._checks import check_positive_int
+from .._checks import check_choice, check_positive_int
 from .._core import resolve_device
 from ._embeddings import POOLING, UNS_KEY, _float_dtype, from_embeddings
 
@@ -156,8 +156,7 @@ def _resolve_layer(model: Any, layer: Any):
 
 
 def _check_pool(pool: str, cls_token: bool) -> None:
-    if pool not in POOLING:
-        raise ValueError(f"`pool` must be one of {POOLING}, got {pool!r}.")
+    check_choice(pool, "pool", POOLING)
     if pool == "cls" and not cls_token:
         raise ValueError("`pool='cls'` uses the class token; pass `cls_token=True`.")
 

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._checks import check_choice
 from ._pursuit_cpu import HAVE_NUMBA
 from ._sparse import (
     dense_from_flat,
@@ -96,8 +97,7 @@ def pursuit(
     ``idx`` and ``val``, both ``(B, n_iter * n_per_iter)``: atom indices and coefficients in the
     order they were selected. Duplicates are possible (their coefficients add up).
     """
-    if selection not in SELECTIONS:
-        raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}.")
+    check_choice(selection, "selection", SELECTIONS)
     B = c0.shape[0]
     J, L = int(n_iter), int(n_per_iter)
     idx = torch.zeros(B, J * L, dtype=torch.long, device=c0.device)
@@ -209,8 +209,7 @@ class ICFL(nn.Module):
         generator: torch.Generator | None = None,
     ):
         super().__init__()
-        if selection not in SELECTIONS:
-            raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}.")
+        check_choice(selection, "selection", SELECTIONS)
         self.n_inputs = int(n_inputs)
         self.n_features = int(n_features)
         self.n_iter = int(n_iter)
@@ -219,8 +218,7 @@ class ICFL(nn.Module):
         self.selection = selection
         self.reset_every = int(reset_every)
         self.reset_threshold = float(reset_threshold)
-        if bias not in BIAS_MODES:
-            raise ValueError(f"bias must be one of {BIAS_MODES}, got {bias!r}.")
+        check_choice(bias, "bias", BIAS_MODES)
         self.bias = bias
         self.ridge = float(ridge)
         self.tol = float(tol)

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._checks import check_choice
+
 NORMALIZE_OPTIONS = ("none", "center", "scale", "standardize", "unit")
 
 _TINY = 1e-12
@@ -193,8 +195,7 @@ class Normalizer:
     def fit(cls, X: np.ndarray, method: str | None) -> Normalizer:
         """Estimate the normalisation of ``X`` for ``method``."""
         method = "none" if method is None else str(method)
-        if method not in NORMALIZE_OPTIONS:
-            raise ValueError(f"Unknown normalize={method!r}; choose one of {NORMALIZE_OPTIONS} (or None).")
+        check_choice(method, "normalize", NORMALIZE_OPTIONS, none=True)
         X = np.asarray(X, dtype=np.float64)
         d = X.shape[1]
         mean = np.zeros(d)

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._checks import check_choice
 from ._sparse import (
     gather_preact,
     normalize_rows_,
@@ -128,8 +129,7 @@ class SparseAutoencoder(nn.Module):
         generator: torch.Generator | None = None,
     ):
         super().__init__()
-        if architecture not in ARCHITECTURES:
-            raise ValueError(f"Unknown architecture {architecture!r}; choose one of {ARCHITECTURES}.")
+        check_choice(architecture, "architecture", ARCHITECTURES)
         self.n_inputs = int(n_inputs)
         self.n_features = int(n_features)
         self.architecture = architecture

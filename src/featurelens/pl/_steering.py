@@ -20,7 +20,6 @@ ORIGINAL_COLOR = "#252525"
 STEERED_COLOR = "#e7298a"
 BACKGROUND_COLOR = "0.85"
 MAX_ARROWS = 200
-PADJ_THRESHOLD = 0.05
 PADJ_ZERO_FALLBACK = 300.0
 RANDOM_STATE = 0
 
@@ -73,7 +72,7 @@ def _draw_background(ax, adata: AnnData, xy: np.ndarray, color: str | None, size
     return handles
 
 
-def _volcano_values(res: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, str, str, np.ndarray]:
+def _volcano_values(res: pd.DataFrame, cutoff: float) -> tuple[np.ndarray, np.ndarray, str, str, np.ndarray]:
     """x, y, x label, y label and the significance mask of the paired-DGE volcano."""
     lfc = res["log2fc"].to_numpy(dtype=np.float64)
     if np.isfinite(lfc).all():
@@ -88,10 +87,10 @@ def _volcano_values(res: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, str, str
     zero = tested & (padj <= 0)
     ylabel = "-log10(adjusted p)"
     if zero.any():
-        cap = max(float(y[positive].max()), float(_neglog10(PADJ_THRESHOLD))) if positive.any() else PADJ_ZERO_FALLBACK
+        cap = max(float(y[positive].max()), float(_neglog10(cutoff))) if positive.any() else PADJ_ZERO_FALLBACK
         y[zero] = cap
         ylabel += f"; padj = 0 drawn at {cap:.3g}"
-    sig = tested & (np.nan_to_num(padj, nan=1.0) < PADJ_THRESHOLD)
+    sig = tested & (np.nan_to_num(padj, nan=1.0) < cutoff)
     return x, y, xlabel, ylabel, sig
 
 
@@ -104,6 +103,7 @@ def steering(
     basis: str = "pca",
     color: str | None = None,
     n_labels: int = 10,
+    pval_cutoff: float = 0.05,
     arrows: bool = True,
     size: float | None = None,
     ax: Sequence[Axes] | None = None,
@@ -128,7 +128,7 @@ def steering(
        clipping, the mean paired difference ``delta`` of all genes, as the axis label says), y is
        -log10 of the adjusted p; adjusted p of exactly 0 (underflow) are drawn at the largest finite
        value (at least the significance line), or at 300 when no adjusted p is positive, which the y
-       label states. Genes with adjusted p below 0.05 are red (up) or blue (down), the others grey;
+       label states. Genes with adjusted p below ``pval_cutoff`` are red (up) or blue (down), the others grey;
        genes without a test (NaN p) are drawn at 0. The ``n_labels`` significant genes with the largest
        ``|delta|`` are labelled. With linear decoders all genes often share one t statistic (the
        change is one factor times a fixed gene loading), so the effect size, not p, ranks them. Genes
@@ -154,6 +154,8 @@ def steering(
         bar. ``None``: light grey.
     n_labels
         Number of genes labelled in the volcano.
+    pval_cutoff
+        Adjusted p below which genes count as significant (coloured, dashed line).
     arrows
         Draw arrows from the original to the steered position.
     size
@@ -207,7 +209,7 @@ def steering(
         axes = np.asarray(axs, dtype=object)
     xy = (X - np.asarray(view["mean"])) @ np.asarray(view["components"]).T
     _cells_panel(fig, axes[0], adata, run, run_name, xy, color=color, arrows=arrows, size=size)
-    _volcano_panel(axes[1], run, run_name, n_labels)
+    _volcano_panel(axes[1], run, run_name, n_labels, pval_cutoff)
     return _finish(fig, show, return_fig, axes)
 
 
@@ -261,29 +263,29 @@ def _cells_panel(fig, ax, adata: AnnData, run: dict, run_name: str, xy, *, color
     )  # fmt: skip
 
 
-def _volcano_panel(ax, run: dict, run_name: str, n_labels: int) -> None:
+def _volcano_panel(ax, run: dict, run_name: str, n_labels: int, cutoff: float) -> None:
     """Volcano of the paired DGE of the run."""
     params, res = run["params"], run["results"]
-    x, y, xlabel, ylabel, sig = _volcano_values(res)
+    x, y, xlabel, ylabel, sig = _volcano_values(res, cutoff)
     direction = res["direction"].astype(str).to_numpy()
     tested = np.isfinite(res["padj"].to_numpy(dtype=np.float64))
     drawn = np.isfinite(x)
     groups_v = [
         (drawn & ~tested, "0.82", "not tested, drawn at 0"),
-        (drawn & tested & ~sig, "0.6", f"padj ≥ {PADJ_THRESHOLD:g}"),
+        (drawn & tested & ~sig, "0.6", f"padj ≥ {cutoff:g}"),
         (drawn & sig & (direction == "down"), DOWN_COLOR, "down"),
         (drawn & sig & (direction == "up"), UP_COLOR, "up"),
-        (drawn & sig & (direction == "none"), "0.2", f"padj < {PADJ_THRESHOLD:g}, no change"),
+        (drawn & sig & (direction == "none"), "0.2", f"padj < {cutoff:g}, no change"),
     ]
     for mask, c, label in groups_v:
         if mask.any():
             n = int(mask.sum())
             ax.scatter(x[mask], y[mask], s=6, c=c, lw=0, rasterized=n > 5000, label=f"{label} ({n})")
-    ax.axhline(_neglog10(PADJ_THRESHOLD), color="0.5", lw=0.8, ls="--")
+    ax.axhline(_neglog10(cutoff), color="0.5", lw=0.8, ls="--")
     ax.axvline(0, color="0.7", lw=0.6)
     span = float(np.abs(x[drawn]).max()) if drawn.any() else 1.0
     span = span if span > 0 else 1.0
-    ymax = max(float(y.max()) if y.size else 0.0, float(_neglog10(PADJ_THRESHOLD)))
+    ymax = max(float(y.max()) if y.size else 0.0, float(_neglog10(cutoff)))
     ax.set_xlim(-1.08 * span, 1.08 * span)
     ax.set_ylim(-0.04 * ymax - 0.1, 1.06 * ymax + 0.1)
     ax.set_xlabel(xlabel)

@@ -13,6 +13,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
+from .._checks import check_choice
 from ._tests import paired_ttest
 
 PAIRED_METHODS = ("t-test", "wilcoxon", "deseq2")
@@ -100,4 +101,5 @@ def paired_test(
         genes = np.arange(before.shape[1]).astype(str) if genes is None else genes
         stat, p, lfc = paired_deseq2(before, after, genes, n_deseq, random_state)
         return PairedResult(mean, stat, p, lfc)
-    raise ValueError(f"`method` must be one of {', '.join(map(repr, PAIRED_METHODS))}, got {method!r}.")
+    check_choice(method, "method", PAIRED_METHODS)
+    raise AssertionError("unreachable")  # pragma: no cover
