@@ -196,7 +196,7 @@ def test_concept_space_errors(kang_enriched, kang_dge):
     adata = kang_enriched.copy()
     with pytest.raises(ValueError, match=r"holds rows with p < 0\.05 only"):
         fl.tl.concept_space(adata, "sae", pval_cutoff=0.1)
-    with pytest.raises(ValueError, match="Unknown test"):
+    with pytest.raises(ValueError, match="`test` must be one or several of 'binomial'"):
         fl.tl.concept_space(adata, "sae", test="fisher")
     with pytest.raises(ValueError, match="hold no"):
         fl.tl.concept_space(adata, "sae", test="gsea")
@@ -368,7 +368,7 @@ def test_match_features_errors(kang_enriched):
     small.uns["toy"]["preprocess"].update(mean=np.zeros(3), scale=np.ones(3))
     with pytest.raises(ValueError, match="different dimension"):
         fl.tl.match_features(adata, "sae", small, "toy", by="decoder")
-    with pytest.raises(ValueError, match="by must be"):
+    with pytest.raises(ValueError, match="`by` must be one of 'terms', 'decoder'"):
         fl.tl.match_features(adata, "sae", adata, "sae", by="genes")
     with pytest.raises(ValueError, match="No feature of"):
         fl.tl.match_features(adata, "sae", adata, "sae", pval_cutoff=1e-300, adjusted=True)

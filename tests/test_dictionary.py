@@ -194,8 +194,8 @@ def _unchanged(adata, before):
         ),
         (lambda a: fl.tl.sae(a, "X_pca", n_features=0), r"`n_features` must be at least 1, got 0"),
         (lambda a: fl.tl.sae(a, "X_pca", n_features=16, k=16), r"`k=16` must be smaller than `n_features=16`"),
-        (lambda a: fl.tl.sae(a, "X_pca", architecture="gated"), r"Unknown architecture 'gated'"),
-        (lambda a: fl.tl.sae(a, "X_pca", normalize="l2"), r"Unknown normalize='l2'"),
+        (lambda a: fl.tl.sae(a, "X_pca", architecture="gated"), r"`architecture` must be one of .*, got 'gated'"),
+        (lambda a: fl.tl.sae(a, "X_pca", normalize="l2"), r"`normalize` must be one of 'none', .*, got 'l2'"),
         (
             lambda a: fl.tl.icfl(a, "X_pca", n_features=20, n_iter=5, n_per_iter=5),
             r"`n_iter \* n_per_iter` = 5 \* 5 = 25 exceeds `n_features=20`",

@@ -203,7 +203,8 @@ def test_kang_local_features_and_probe(kang_hvg, key):
     local = set(f.loc[f["type"] == "local", "group"].astype(str))
     assert {"CD14 Mono", "NK"} <= local
     assert local & {"B", "B Activated"}, "no feature local to the B lineage"
-    res = fl.tl.linear_probe(adata, "cell_type", key=key, split_key="condition")
+    fl.tl.linear_probe(adata, "cell_type", key=key, split_key="condition")
+    res = fl.get.probe(adata, "cell_type", key=key)
     assert set(res["test"]) == {"CTRL", "STIM"} and len(res) == 6
     acc = res.groupby("representation")["balanced_accuracy"].mean()
     assert acc["embedding"] > 0.6
@@ -228,7 +229,8 @@ def test_kang_stim_selective_features(kang_hvg):
 def test_papalexi_perturbation_probe_split_by_replicate(papalexi_pca):
     adata = papalexi_pca.copy()
     fl.tl.sae(adata, "X_pca", n_steps=300, progress=False)
-    res = fl.tl.linear_probe(adata, "perturbation", key="sae", split_key="bio_rep")
+    fl.tl.linear_probe(adata, "perturbation", key="sae", split_key="bio_rep")
+    res = fl.get.probe(adata, "perturbation", key="sae")
     assert set(res["test"]) == {"rep_1", "rep_2", "rep_3"}
     acc = res.groupby("representation")["balanced_accuracy"].mean()
     chance = 1 / adata.obs["perturbation"].nunique()
@@ -239,7 +241,8 @@ def test_papalexi_perturbation_probe_split_by_replicate(papalexi_pca):
 def test_probe_without_dictionary_and_random_split(kang_pca):
     adata = kang_pca.copy()
     with pytest.warns(UserWarning, match="No `split_key`"):
-        res = fl.tl.linear_probe(adata, "cell_type", use_rep="X_pca")
+        fl.tl.linear_probe(adata, "cell_type", use_rep="X_pca")
+    res = fl.get.probe(adata, "cell_type")
     assert res["representation"].tolist() == ["embedding"] and res["n_test"].iloc[0] == 400
     assert adata.uns["linear_probe"]["cell_type"]["results"]["balanced_accuracy"].iloc[0] > 0.6
     with pytest.raises(ValueError, match="Pass `use_rep=`"):

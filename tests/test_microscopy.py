@@ -373,18 +373,27 @@ def test_token_scores_equal_a_manual_cosine(token_adata):
     tok = adata.obsm["X_tokens"].reshape(-1, 6).astype(np.float64)
     Y = (tok - entry["preprocess"]["mean"]) / entry["preprocess"]["scale"]
     ref = _cosine(Y, entry["decoder"][3].astype(np.float64)).reshape(80, 4, 4)
-    got = fl.microscopy.token_scores(adata, "sae", "f3")
+    fl.tl.token_scores(adata, "sae", "f3")
+    got = fl.get.token_scores(adata, "sae", "f3")
     assert got.shape == (80, 4, 4) and got.dtype == np.float32
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
-    np.testing.assert_array_equal(fl.microscopy.token_scores(adata, "sae", 3), got)
+    np.testing.assert_array_equal(fl.get.token_scores(adata, "sae", 3), got)
+    # the deprecated array-returning function gives the same maps
+    with pytest.warns(FutureWarning, match="fl.tl.token_scores"):
+        np.testing.assert_array_equal(fl.microscopy.token_scores(adata, "sae", 3), got)
+    # the alignment of the pooled embedding is the same cosine, applied to the (standardised) pooled rows
+    pooled = (adata.obsm["X_emb"].astype(np.float64) - entry["preprocess"]["mean"]) / entry["preprocess"]["scale"]
+    np.testing.assert_allclose(adata.obs["sae_f3_alignment"], _cosine(pooled, entry["decoder"][3]), atol=1e-5)
     # standardisation matters: the raw-token cosine is different
     assert not np.allclose(got, _cosine(tok, entry["decoder"][3]).reshape(80, 4, 4), atol=1e-2)
     with pytest.raises(ValueError, match=r"Unknown feature 'f99'"):
-        fl.microscopy.token_scores(adata, "sae", "f99")
+        fl.tl.token_scores(adata, "sae", "f99")
     with pytest.raises(ValueError, match=r"out of range.*12 features"):
-        fl.microscopy.token_scores(adata, "sae", 12)
+        fl.tl.token_scores(adata, "sae", 12)
     with pytest.raises(ValueError, match=r"No dictionary under"):
-        fl.microscopy.token_scores(adata, "icfl", 0)
+        fl.tl.token_scores(adata, "icfl", 0)
+    with pytest.raises(ValueError, match=r"No token scores of 'sae':f4.*fl.tl.token_scores"):
+        fl.get.token_scores(adata, "sae", "f4")
 
 
 def test_token_scores_apply_the_control_whitening(token_adata):
@@ -395,10 +404,12 @@ def test_token_scores_apply_the_control_whitening(token_adata):
     tok = adata.obsm["X_tokens"].reshape(-1, 6).astype(np.float64)
     Yw = ((tok - W["mean"]) @ W["components"].T.astype(np.float64)) * W["scales"]
     atom = adata.uns["icfl"]["decoder"][5].astype(np.float64)
-    got = fl.microscopy.token_scores(adata, "icfl", "f5")
+    fl.tl.token_scores(adata, "icfl", "f5")
+    got = fl.get.token_scores(adata, "icfl", "f5")
     np.testing.assert_allclose(got, _cosine(Yw, atom).reshape(80, 4, 4), rtol=1e-4, atol=1e-4)
     # skipping the whitening gives different maps
-    raw = fl.microscopy.token_scores(adata, "icfl", "f5", whiten=False)
+    fl.tl.token_scores(adata, "icfl", "f5", whiten=False, key_added="raw")
+    raw = adata.obsm["raw_token_scores"].reshape(80, 4, 4)
     np.testing.assert_allclose(raw, _cosine(tok, atom).reshape(80, 4, 4), rtol=1e-4, atol=1e-4)
     assert np.abs(raw - got).max() > 0.1
     # the pooled embedding's score is consistent with encode's input: whitened mean token == whitened pooled row
@@ -407,11 +418,13 @@ def test_token_scores_apply_the_control_whitening(token_adata):
     # errors: no tokens (aggregated), a dictionary in another space
     wells = fl.microscopy.aggregate(adata, "condition")
     with pytest.raises(ValueError, match=r"no token embeddings"):
+        fl.tl.token_scores(wells, "icfl", 0, whiten=True)
+    with pytest.warns(FutureWarning, match="deprecated"), pytest.raises(ValueError, match=r"no token embeddings"):
         fl.microscopy.token_scores(wells, "icfl", 0)
     adata.obsm["X_small"] = adata.obsm["X_emb"][:, :4]
-    fl.tl.icfl(adata, "X_small", n_features=8, n_iter=1, n_per_iter=2, n_steps=5, progress=False, key_added="small")
+    fl.tl.icfl(adata, "X_small", n_features=8, n_iter=1, n_per_iter=2, n_steps=5, progress=False, key_added="sm")
     with pytest.raises(ValueError, match=r"tokens have 6 dimensions.*expects 4"):
-        fl.microscopy.token_scores(adata, "small", 0)
+        fl.tl.token_scores(adata, "sm", 0)
 
 
 # ---------------------------------------------------------------------------- acceptance: Cell Painting
@@ -492,7 +505,9 @@ def test_token_maps_align_with_nuclei(nuclei_crops, tmp_path):
     assert adata.obsm["X_tokens"].shape == (64, 64, 32)
     np.testing.assert_array_equal(adata.uns["microscopy"]["grid"], [8, 8])
     fl.tl.icfl(adata, "X_emb", n_features=64, n_steps=100, progress=False)
-    scores = np.stack([fl.microscopy.token_scores(adata, "icfl", f) for f in range(64)])  # (64 features, 64, 8, 8)
+    for f in range(64):
+        fl.tl.token_scores(adata, "icfl", f)
+    scores = np.stack([fl.get.token_scores(adata, "icfl", f) for f in range(64)])  # (64 features, 64, 8, 8)
     real = _best_abs_corr(scores, nuclear)
     rng = np.random.default_rng(0)
     across = _best_abs_corr(scores, nuclear[rng.permutation(64)])  # masks of other crops
@@ -508,7 +523,9 @@ def test_token_maps_align_with_nuclei(nuclei_crops, tmp_path):
     np.testing.assert_array_equal(back.obsm["X_tokens"], adata.obsm["X_tokens"])
     np.testing.assert_array_equal(back.obsm["X_emb"], adata.obsm["X_emb"])
     assert_uns_equal(dict(adata.uns["microscopy"]), dict(back.uns["microscopy"]))
-    np.testing.assert_allclose(fl.microscopy.token_scores(back, "icfl", "f2"), scores[2], rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(fl.get.token_scores(back, "icfl", "f2"), scores[2])
+    fl.tl.token_scores(back, "icfl", "f2")  # recomputed from the reloaded object
+    np.testing.assert_allclose(fl.get.token_scores(back, "icfl", "f2"), scores[2], rtol=1e-6, atol=1e-6)
     # subsetting keeps 3-D tokens aligned with the rows
     np.testing.assert_array_equal(adata[5:9].obsm["X_tokens"], adata.obsm["X_tokens"][5:9])
 

@@ -138,7 +138,7 @@ def test_enrichment_errors(kang_dge, kang_enriched):
         fl.pl.enrichment(kang_enriched, "sae", "f9999")
     with pytest.raises(ValueError, match="out of range"):
         fl.pl.enrichment(kang_enriched, "sae", 10**6)
-    with pytest.raises(ValueError, match="single feature"):
+    with pytest.raises(ValueError, match="`feature` takes one feature"):
         fl.pl.enrichment(kang_enriched, "sae", ["f0", "f1"])
     untested = kang_enriched.uns["sae"]["dge"]["summary"].query("skipped != ''").index[0]
     with pytest.raises(ValueError, match=f"Feature '{untested}' has no enrichment results"):

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
-from helpers import assert_uns_equal, check_image, data_path, small_cnn, tiles
+from helpers import assert_uns_equal, check_image, small_cnn, tiles
 from scipy.ndimage import zoom
 
 import featurelens as fl
@@ -32,9 +32,7 @@ def _close_figures():
 def nuclei():
     """64 raw 64 x 64 crops (uint16) of the stardist nuclei image, their CNN tokens (8 x 8 grid) and an SAE on the
     pooled embedding (standardised, so the cosine has both signs), plus the feature active in the most crops."""
-    import tifffile
-
-    raw = tiles(tifffile.imread(data_path("images", "stardist_dsb2018_img2d.tif")), 64)
+    raw = tiles(fl.datasets.nuclei_image()[0], 64)
     img = raw.astype(np.float32)
     lo, hi = np.percentile(img, [1, 99.8])
     obs = pd.DataFrame({"row": np.repeat(np.arange(8), 8), "col": np.tile(np.arange(8), 8)})
@@ -46,6 +44,7 @@ def nuclei():
     nnz = np.diff(sp.csc_matrix(adata.obsm["X_sae"]).indptr)
     feature = int(np.argmax(nnz))
     assert 8 <= nnz[feature] < 64  # a feature with a real top and zeros below
+    fl.tl.token_scores(adata, KEY, feature)  # the plots draw what the tool stored
     return adata, raw, feature
 
 
@@ -88,7 +87,7 @@ def test_token_heatmap_top_crops_with_upsampled_token_scores(nuclei):
     adata, raw, feature = nuclei
     before = _snapshot(adata)
     act = _activation(adata, feature)
-    scores = fl.microscopy.token_scores(adata, KEY, feature)  # (64, 8, 8)
+    scores = fl.get.token_scores(adata, KEY, feature)  # (64, 8, 8)
     axes = fl.pl.token_heatmap(adata, KEY, feature, raw, n=5, show=False)
     top = np.argsort(-act, kind="stable")[:5]
     assert len(axes) == 5
@@ -126,7 +125,7 @@ def test_token_heatmap_top_crops_with_upsampled_token_scores(nuclei):
 def test_token_heatmap_explicit_cells_channels_and_no_images(nuclei):
     adata, raw, feature = nuclei
     before = _snapshot(adata)
-    scores = fl.microscopy.token_scores(adata, KEY, feature)
+    scores = fl.get.token_scores(adata, KEY, feature)
     cells = ["crop_3_4", 0, -1, "crop_3_4"]
     rows = [28, 0, 63, 28]
     # (n, C, H, W) images with three channels are drawn as RGB (H, W, 3), rescaled together to [0, 1]
@@ -208,7 +207,7 @@ def test_token_heatmap_errors(nuclei):
         fl.pl.token_heatmap(adata, KEY, feature, raw, order="middle")
     with pytest.raises(ValueError, match=r"upsample"):
         fl.pl.token_heatmap(adata, KEY, feature, raw, upsample="cubic")
-    with pytest.raises(ValueError, match=r"positive integer"):
+    with pytest.raises(ValueError, match=r"`n` must be at least 1"):
         fl.pl.token_heatmap(adata, KEY, feature, raw, n=0)
     with pytest.raises(ValueError, match=r"'crop_9_9' is not an observation name"):
         fl.pl.token_heatmap(adata, KEY, feature, raw, cells=["crop_9_9"])
@@ -242,8 +241,9 @@ def test_top_images_rows_are_the_extremes_of_the_cosine(nuclei):
     assert "largest" in axes[0, 0].get_ylabel() and "smallest" in axes[1, 0].get_ylabel()
     # the token map of a single token equal to the pooled embedding has the same score
     single = fl.microscopy.from_embeddings(adata.obsm["X_emb"][:, None, :].astype(np.float64))
-    single.uns[KEY] = adata.uns[KEY]
-    np.testing.assert_allclose(fl.microscopy.token_scores(single, KEY, feature).ravel(), cos, atol=1e-5)
+    single.uns[KEY] = copy.deepcopy(adata.uns[KEY])
+    fl.tl.token_scores(single, KEY, feature)
+    np.testing.assert_allclose(fl.get.token_scores(single, KEY, feature).ravel(), cos, atol=1e-5)
     # drawing into given Axes
     _, axs = plt.subplots(2, 3)
     out = fl.pl.top_images(adata, KEY, feature, raw, n=3, ax=axs, show=False)
@@ -282,6 +282,7 @@ def test_top_images_apply_the_control_whitening_and_need_no_tokens(tmp_path):
     Yw = (Yw - pre["mean"]) / pre["scale"]
     pos, neg, _ = _cosine_rows(Yw, adata.uns[KEY]["decoder"][3].astype(np.float64))
     for data in (adata, _without(adata, "X_whitened", "X_tokens")):
+        fl.tl.token_scores(data, KEY, "f3")
         before = _snapshot(data)
         axes = fl.pl.top_images(data, KEY, "f3", n=5, image_key="file", show=False)
         for row, want in zip(axes, (pos[:5], neg[:5]), strict=True):
@@ -303,17 +304,17 @@ def _without(adata, *keys):
 def test_token_heatmap_image(nuclei, tmp_path):
     """Four crops with a fixed decoder direction, so the picture depends on the data and numpy only: the mean
     standardised token on nuclei minus that on background (stardist's mask), which lights up the nuclei."""
-    import tifffile
 
     adata, raw, _ = nuclei
     adata = adata.copy()
     entry = adata.uns[KEY]
     pre = entry["preprocess"]
     tok = (adata.obsm["X_tokens"].reshape(-1, 32).astype(np.float64) - pre["mean"]) / pre["scale"]
-    mask = tifffile.imread(data_path("images", "stardist_dsb2018_mask2d.tif")) > 0
+    mask = fl.datasets.nuclei_image()[1] > 0
     nuclear = tiles(mask.astype(np.float32), 64).reshape(64, 8, 8, 8, 8).mean(axis=(2, 4)).ravel() > 0.5
     direction = tok[nuclear].mean(0) - tok[~nuclear].mean(0)
     entry["decoder"] = np.tile(direction.astype(np.float32), (16, 1))
     adata.obsm[f"X_{KEY}"] = sp.csr_matrix(np.outer(np.arange(64) % 7, np.ones(16)).astype(np.float32))
+    fl.tl.token_scores(adata, KEY, 0)
     fig = fl.pl.token_heatmap(adata, KEY, 0, raw, n=4, ncols=2, return_fig=True)
     check_image(fig, "microscopy_token_heatmap", tmp_path)

@@ -261,7 +261,26 @@ def toy():
             }
         },
     }  # fmt: skip
+    _add_view(adata.uns["toy"]["steering"]["f1"], X, adata.obs["group"].astype(str).to_numpy())
     return adata
+
+
+def _add_view(run, X, groups):
+    """What fl.tl.steer stores for the plot: a 2-component PCA of the embedding, the cells and centroids in it."""
+    pca = PCA(n_components=2, random_state=0).fit(X.astype(np.float64))
+    run["view"] = {
+        "mean": pca.mean_,
+        "components": pca.components_,
+        "explained_variance_ratio": pca.explained_variance_ratio_,
+    }
+    before = pca.transform(X[:6].astype(np.float64))
+    after = pca.transform(run["embedding"].astype(np.float64))
+    for i in range(2):
+        run["cells"][f"pc{i + 1}_before"] = before[:, i]
+        run["cells"][f"pc{i + 1}_after"] = after[:, i]
+    cats = sorted(set(groups))
+    C = pca.transform(np.stack([X[groups == g].astype(np.float64).mean(0) for g in cats]))
+    run["movement"] = pd.DataFrame({"pc1": C[:, 0], "pc2": C[:, 1]}, index=cats)
 
 
 def test_steering_image(toy, tmp_path):

@@ -140,7 +140,7 @@ def test_whitening_survives_h5ad(small_adata, tmp_path):
     back = ad.read_h5ad(tmp_path / "w.h5ad")
     assert_uns_equal(small_adata.uns["whitened"], back.uns["whitened"])
     np.testing.assert_array_equal(small_adata.obsm["X_whitened"], back.obsm["X_whitened"])
-    fl.pp.apply_whitening(back, key_added="again")
+    fl.pp.apply_whitening(back, "whitened", key_added="again")
     np.testing.assert_allclose(back.obsm["X_again"], small_adata.obsm["X_whitened"], rtol=1e-5, atol=1e-6)
 
 

@@ -184,7 +184,8 @@ def _planted(seed=0):
 def test_variable_recovery_matches_a_direct_computation(source, tmp_path):
     adata, Z, V = _planted()
     kw = {"key": "dict"} if source == "key" else {"use_rep": "X_rep"}
-    summ = fl.tl.variable_recovery(adata, ["var"], threshold=0.95, **kw)
+    fl.tl.variable_recovery(adata, ["var"], threshold=0.95, **kw)
+    summ = fl.get.recovery(adata, "variable_recovery", kw.get("key") or kw.get("use_rep"))
     name = kw.get("key") or kw.get("use_rep")
     res = adata.uns["variable_recovery"][name]
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -238,7 +239,8 @@ def test_superposition_matches_sklearn(tmp_path):
     adata.obsm["var"] = V
     split = np.where(rng.random(n) < 0.75, "train", "validation")
     adata.obs["split"] = pd.Categorical(split)
-    summ = fl.tl.superposition(adata, "X_emb", ["var", "X"])
+    fl.tl.superposition(adata, "X_emb", ["var", "X"])
+    summ = fl.get.recovery(adata, "superposition", "X_emb")
     res = adata.uns["superposition"]["X_emb"]
     tr, te = split == "train", split == "validation"
     for name, Y in (("var", V[:, :2]), ("X", np.abs(rep[:, :3]).astype(np.float32))):
@@ -271,11 +273,13 @@ def test_pca_recovers_observables_and_active_programs_better_than_programs(sim_l
     a = sim_large.copy()
     a.obsm["X_pca"] = PCA(30, random_state=0).fit_transform(np.log1p(a.X.toarray()))
     variables = ["X", "X_programs", "X_programs_active"]
-    rec = fl.tl.variable_recovery(a, variables, use_rep="X_pca")
+    fl.tl.variable_recovery(a, variables, use_rep="X_pca")
+    rec = fl.get.recovery(a, "variable_recovery", "X_pca")
     # the paper (Table S5, PCA): X'' 0.72, X 0.35
     assert rec.loc["X_programs_active", "mean_best_r"] > rec.loc["X_programs", "mean_best_r"] + 0.25
     assert rec.loc["X", "mean_best_r"] > rec.loc["X_programs", "mean_best_r"] + 0.25
-    sup = fl.tl.superposition(a, "X_pca", variables)
+    fl.tl.superposition(a, "X_pca", variables)
+    sup = fl.get.recovery(a, "superposition", "X_pca")
     assert sup.loc["X_programs_active", "mean_r2"] > 0.9
     assert sup.loc["X", "mean_r2"] > 0.9
     assert sup.loc["X_programs", "mean_r2"] < 0.5
@@ -296,7 +300,8 @@ def test_structure_recovery_matches_a_direct_computation(sim_independent, tmp_pa
     from scipy.stats import binomtest
 
     a = sim_independent.copy()
-    summ = fl.tl.structure_recovery(a, "true", percentiles=(50, 70, 90))
+    fl.tl.structure_recovery(a, "true", percentiles=(50, 70, 90))
+    summ = fl.get.recovery(a, "structure_recovery", "true")
     res = a.uns["structure_recovery"]["true"]
     Z = a.obsm["X_programs_active"].astype(np.float64)
     Y = a.X.toarray().astype(np.float64)
@@ -329,15 +334,18 @@ def test_structure_recovery_options_and_errors(sim_independent):
     rng = np.random.default_rng(0)
     a.obsm["X_noise"] = sp.csr_matrix(rng.exponential(size=(a.n_obs, 12)))
     # random features recover far fewer edges than the true programs
-    noise = fl.tl.structure_recovery(a, "noise", percentiles=(70,))
-    true = fl.tl.structure_recovery(a, "true", percentiles=(70,))
+    fl.tl.structure_recovery(a, "noise", percentiles=(70,))
+    noise = fl.get.recovery(a, "structure_recovery", "noise")
+    fl.tl.structure_recovery(a, "true", percentiles=(70,))
+    true = fl.get.recovery(a, "structure_recovery", "true")
     assert true.loc["70", "frac_recovered"] > noise.loc["70", "frac_recovered"] + 0.5
     assert true.loc["70", "n_programs_matched"] > noise.loc["70", "n_programs_matched"] + 5
     # Pearson similarity: the pseudo connectivity follows np.corrcoef (jitter: genes with the same parents tie)
     a.X.data += rng.uniform(0, 1e-3, a.X.nnz).astype(np.float32)
-    fl.tl.structure_recovery(a, "true", percentiles=(60,), similarity="pearson", alpha=1e-3, key_added="sr_p")
+    with pytest.warns(FutureWarning, match="`alpha` is deprecated; use `pval_cutoff=0.001`"):  # the old name
+        fl.tl.structure_recovery(a, "true", percentiles=(60,), similarity="pearson", alpha=1e-3, key_added="sr_p")
     res = a.uns["sr_p"]["true"]
-    assert res["params"]["similarity"] == "pearson" and res["params"]["alpha"] == 1e-3
+    assert res["params"]["similarity"] == "pearson" and res["params"]["pval_cutoff"] == 1e-3
     with np.errstate(invalid="ignore", divide="ignore"):
         R = np.corrcoef(a.obsm["X_programs_active"], a.X.toarray(), rowvar=False)[:12, 12:]
     R = np.nan_to_num(R)  # genes without a parent are constant
@@ -383,7 +391,8 @@ def test_autoencoder_learns_the_active_programs(sim_ae, tmp_path):
     assert hist["train_loss"].iloc[-1] < hist["train_loss"].iloc[0] / 5
     assert entry["params"]["split_key"] == "split" and entry["params"]["n_validation"] == 120
     # the embedding encodes the observables and x'' linearly, much better than x (paper Fig. 1C)
-    sup = fl.tl.superposition(a, "X_ae", ["X", "X_programs", "X_programs_active"])
+    fl.tl.superposition(a, "X_ae", ["X", "X_programs", "X_programs_active"])
+    sup = fl.get.recovery(a, "superposition", "X_ae")
     assert sup.loc["X_programs_active", "mean_r2"] > 0.8
     assert sup.loc["X_programs_active", "mean_r2"] > sup.loc["X_programs", "mean_r2"] + 0.4
     a.write_h5ad(tmp_path / "ae.h5ad")
@@ -421,13 +430,15 @@ def test_sae_features_on_the_simulation(sim_ae):
     a = sim_ae.copy()
     fl.tl.sae(a, "X_ae", architecture="relu", expansion=4, n_steps=1000, device="cpu", progress=False)
     variables = ["X", "X_programs", "X_programs_active"]
-    rec = fl.tl.variable_recovery(a, variables, key="sae")
+    fl.tl.variable_recovery(a, variables, key="sae")
+    rec = fl.get.recovery(a, "variable_recovery", "sae")
     res = a.uns["variable_recovery"]["sae"]
     assert res["features"].index.equals(a.uns["sae"]["features"].index)
     assert res["params"]["absolute"] is False
     assert rec.loc["X_programs_active", "mean_best_r"] > rec.loc["X_programs", "mean_best_r"] + 0.3
     assert rec.loc["X", "mean_best_r"] > rec.loc["X_programs", "mean_best_r"] + 0.3
-    st = fl.tl.structure_recovery(a, "sae")
+    fl.tl.structure_recovery(a, "sae")
+    st = fl.get.recovery(a, "structure_recovery", "sae")
     assert list(st.index) == ["20", "30", "40", "50", "60", "70"]
     assert ((st["frac_recovered"] >= 0) & (st["frac_recovered"] <= 1)).all()
 

@@ -15,7 +15,7 @@ DIRECTIONS = ["both", "down", "up"]
 def stored(entry: dict, key: str, sub: str, tool: str, what: str | None = None) -> dict:
     """``entry[sub]`` (a result of ``fl.tl.<tool>``) or a ValueError naming the tool to run first."""
     if not isinstance(entry.get(sub), dict):
-        raise ValueError(f"No {what or sub} for {key!r}; run `fl.tl.{tool}(adata, {key!r}, ...)` first.")
+        raise ValueError(f"No {what or sub} for {key!r}; run `fl.tl.{tool}(adata, {key!r})` first.")
     return entry[sub]
 
 

@@ -193,6 +193,11 @@ def steering(
         raise ValueError(f"Steering run {run_name!r} has no stored 2-D view (an older version); rerun `fl.tl.steer`.")
     rep = str(params.get("use_rep"))
     X = np.asarray(raw_embedding(adata, rep), dtype=np.float64)
+    missing = int((adata.obs_names.get_indexer(run["cells"]["obs_name"].astype(str)) < 0).sum())
+    if missing:
+        raise ValueError(
+            f"{missing} steered cell(s) of run {run_name!r} are not in adata (was it subset after `fl.tl.steer`?)."
+        )
     view = run["view"]
     if X.shape[1] != np.shape(view["components"])[1]:
         raise ValueError(
@@ -221,7 +226,10 @@ def _cells_panel(fig, ax, adata: AnnData, run: dict, run_name: str, xy, *, color
     size = float(np.clip(20000.0 / max(adata.n_obs, 1), 1.0, 20.0)) if size is None else float(size)
     handles = _draw_background(ax, adata, xy, color, size, fig)
     n = len(xy0)
-    ax.scatter(xy0[:, 0], xy0[:, 1], s=2 * size, c=ORIGINAL_COLOR, edgecolors="white", linewidths=0.2, zorder=2)
+    ax.scatter(
+        xy0[:, 0], xy0[:, 1], s=2 * size, c=ORIGINAL_COLOR, edgecolors="white", linewidths=0.2, zorder=2,
+        label=f"original ({n})",
+    )  # fmt: skip
     if arrows and n:
         take = np.arange(n)
         if n > MAX_ARROWS:
@@ -231,7 +239,10 @@ def _cells_panel(fig, ax, adata: AnnData, run: dict, run_name: str, xy, *, color
             xy0[take, 0], xy0[take, 1], d[:, 0], d[:, 1], angles="xy", scale_units="xy", scale=1, color="0.35",
             alpha=0.6, width=0.002, headwidth=5, headlength=6, headaxislength=5.5, zorder=3,
         )  # fmt: skip
-    ax.scatter(xy1[:, 0], xy1[:, 1], s=2 * size, c=STEERED_COLOR, edgecolors="white", linewidths=0.2, zorder=4)
+    ax.scatter(
+        xy1[:, 0], xy1[:, 1], s=2 * size, c=STEERED_COLOR, edgecolors="white", linewidths=0.2, zorder=4,
+        label=f"steered ({n})",
+    )  # fmt: skip
     handles += [
         Line2D([], [], ls="", marker="o", color=ORIGINAL_COLOR, label=f"original ({n})"),
         Line2D([], [], ls="", marker="o", color=STEERED_COLOR, label=f"steered ({n})"),
@@ -239,7 +250,10 @@ def _cells_panel(fig, ax, adata: AnnData, run: dict, run_name: str, xy, *, color
     col = params.get("centroids")
     if col is not None and "movement" in run:
         C = run["movement"][["pc1", "pc2"]].to_numpy(dtype=np.float64)
-        ax.scatter(C[:, 0], C[:, 1], s=90, marker="X", c="black", edgecolors="white", linewidths=1.0, zorder=5)
+        ax.scatter(
+            C[:, 0], C[:, 1], s=90, marker="X", c="black", edgecolors="white", linewidths=1.0, zorder=5,
+            label=f"centroids of {col}",
+        )  # fmt: skip
         for g, (cx, cy) in zip(run["movement"].index.astype(str), C, strict=True):
             ax.annotate(
                 g, (cx, cy), xytext=(6, 6), textcoords="offset points", fontsize="small", weight="bold", zorder=6,
