@@ -17,6 +17,7 @@ import featurelens as fl
 from featurelens.cli import UsageError, main, run_pipeline, validate_inputs
 
 
+@pytest.mark.shared_data
 def test_bundled_kang_equals_the_shared_file():
     bundled = fl.datasets.kang2018()
     ref = ad.read_h5ad(data_path("scrna", "kang2018_ifnb_sub2000_counts.h5ad"))

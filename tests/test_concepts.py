@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
-from helpers import INTERFERON, assert_uns_equal, data_path, interferon_features
+from helpers import INTERFERON, assert_uns_equal, bundled_path, interferon_features
 
 import featurelens as fl
 
@@ -19,9 +19,9 @@ import featurelens as fl
 # ---------------------------------------------------------------------------- GO graph
 @pytest.fixture(scope="module")
 def raw_go():
-    terms = pd.read_csv(data_path("go", "go_terms_2022-07-01.tsv.gz"), sep="\t", dtype=str)
-    edges = pd.read_csv(data_path("go", "go_edges_2022-07-01.tsv.gz"), sep="\t", dtype=str)
-    slim = pd.read_csv(data_path("go", "go2goslim_generic_2022DAG.tsv.gz"), sep="\t", dtype=str, keep_default_na=False)
+    terms = pd.read_csv(bundled_path("go_terms_2022-07-01.tsv.gz"), sep="\t", dtype=str)
+    edges = pd.read_csv(bundled_path("go_edges_2022-07-01.tsv.gz"), sep="\t", dtype=str)
+    slim = pd.read_csv(bundled_path("go2goslim_generic_2022DAG.tsv.gz"), sep="\t", dtype=str, keep_default_na=False)
     return terms, edges, slim
 
 
@@ -44,7 +44,7 @@ def _reference_ancestors(parents: dict[str, list[str]], term: str) -> set[str]:
     return seen
 
 
-def test_bundled_dag_matches_the_shared_files(raw_go):
+def test_bundled_dag_matches_the_raw_files(raw_go):
     terms, edges, slim = raw_go
     dag = fl.datasets.go_dag()
     assert len(dag) == len(terms) == 43558

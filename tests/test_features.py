@@ -226,6 +226,7 @@ def test_kang_stim_selective_features(kang_hvg):
     assert adata.uns["white"]["selectivity"]["condition"]["summary"].loc["0.5", "n_average"] >= 1
 
 
+@pytest.mark.shared_data
 def test_papalexi_perturbation_probe_split_by_replicate(papalexi_pca):
     adata = papalexi_pca.copy()
     fl.tl.sae(adata, "X_pca", n_steps=300, progress=False)

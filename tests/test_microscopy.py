@@ -6,7 +6,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import assert_uns_equal, data_path, small_cnn, tiles
+from helpers import assert_uns_equal, bundled_path, data_path, small_cnn, tiles
 
 import featurelens as fl
 
@@ -167,7 +167,7 @@ def test_aggregate_matches_pandas_groupby(func):
 
 
 def test_aggregate_profiles_in_X_and_errors():
-    adata = fl.microscopy.read_profiles(data_path(*PROFILES))
+    adata = fl.microscopy.read_profiles(bundled_path(PROFILES[1]))
     by = ["Metadata_broad_sample", "Metadata_mmoles_per_liter"]
     reps = fl.microscopy.aggregate(adata, by, use_rep="X_profiles")
     df = pd.DataFrame(adata.X, columns=adata.var_names)
@@ -189,7 +189,7 @@ def test_aggregate_profiles_in_X_and_errors():
 
 # ---------------------------------------------------------------------------- read_profiles
 def test_read_profiles_matches_pandas(tmp_path):
-    path = data_path(*PROFILES)
+    path = bundled_path(PROFILES[1])
     df = pd.read_csv(path)
     adata = fl.microscopy.read_profiles(path)
     meta = [c for c in df.columns if c.startswith("Metadata_")]
@@ -224,14 +224,14 @@ def test_read_profiles_matches_pandas(tmp_path):
 
 def test_read_profiles_parquet(tmp_path):
     pytest.importorskip("pyarrow")
-    df = pd.read_csv(data_path(*PROFILES)).head(30)
+    df = pd.read_csv(bundled_path(PROFILES[1])).head(30)
     df.to_parquet(tmp_path / "p.parquet")
     adata = fl.microscopy.read_profiles(tmp_path / "p.parquet")
     np.testing.assert_allclose(adata.X, df.filter(regex="^(?!Metadata_)").to_numpy(), rtol=1e-6)
 
 
 def test_read_profiles_errors(tmp_path):
-    df = pd.read_csv(data_path(*PROFILES)).head(12)
+    df = pd.read_csv(bundled_path(PROFILES[1])).head(12)
     with pytest.raises(FileNotFoundError, match=r"does not exist"):
         fl.microscopy.read_profiles(tmp_path / "missing.csv.gz")
     text = df.assign(Image_FileName="a.tif")
@@ -431,7 +431,7 @@ def test_token_scores_apply_the_control_whitening(token_adata):
 def test_cell_painting_whitening_icfl_and_moa_selectivity():
     import scanpy as sc
 
-    adata = fl.microscopy.read_profiles(data_path(*PROFILES))
+    adata = fl.microscopy.read_profiles(bundled_path(PROFILES[1]))
     # the literal call on the profiles: 24 DMSO wells support at most 23 whitened directions
     fl.pp.whiten(
         adata, "X_profiles", control_key="Metadata_broad_sample", control_value="DMSO", n_comps=23, key_added="wprof"
@@ -487,8 +487,8 @@ def _best_abs_corr(scores, target):
 def nuclei_crops():
     import tifffile
 
-    img = tifffile.imread(data_path("images", "stardist_dsb2018_img2d.tif")).astype(np.float32)
-    mask = tifffile.imread(data_path("images", "stardist_dsb2018_mask2d.tif"))
+    img = tifffile.imread(bundled_path("stardist_dsb2018_img2d.tif")).astype(np.float32)
+    mask = tifffile.imread(bundled_path("stardist_dsb2018_mask2d.tif"))
     lo, hi = np.percentile(img, [1, 99.8])
     img = np.clip((img - lo) / (hi - lo), 0, 1)
     crops = tiles(img, 64)  # 64 crops of 64 x 64
@@ -530,6 +530,7 @@ def test_token_maps_align_with_nuclei(nuclei_crops, tmp_path):
     np.testing.assert_array_equal(adata[5:9].obsm["X_tokens"], adata.obsm["X_tokens"][5:9])
 
 
+@pytest.mark.shared_data
 def test_timelapse_frames_through_the_cnn():
     import tifffile
 
@@ -544,6 +545,7 @@ def test_timelapse_frames_through_the_cnn():
     assert adata.obs["frame"].tolist() == [0, 10, 20]
 
 
+@pytest.mark.shared_data
 def test_bundled_microscopy_examples_equal_the_shared_files():
     import tifffile
 

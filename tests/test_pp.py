@@ -14,6 +14,7 @@ def _snapshot(adata):
     return set(adata.obsm.keys()), set(adata.uns.keys()), adata.obs.copy()
 
 
+@pytest.mark.shared_data
 def test_whitened_controls_have_zero_mean_and_identity_covariance(papalexi_pca):
     adata = papalexi_pca.copy()
     fl.pp.whiten(adata, "X_pca", control_key="perturbation", control_value="control")
@@ -32,6 +33,7 @@ def test_whitened_controls_have_zero_mean_and_identity_covariance(papalexi_pca):
     np.testing.assert_allclose(entry["scales"], 1 / np.sqrt(entry["variances"] + 1e-6), rtol=1e-5)
 
 
+@pytest.mark.shared_data
 def test_whitening_matches_explicit_formula(papalexi_pca):
     adata = papalexi_pca.copy()
     fl.pp.whiten(adata, "X_pca", control_key="perturbation", control_value="control", eps=0.0)
@@ -116,6 +118,7 @@ def test_missing_rep_lists_what_obsm_has(small_adata):
         fl.pp.whiten(small_adata, "X_pca", control_key="group", control_value="ctrl")
 
 
+@pytest.mark.shared_data
 def test_apply_whitening_to_new_data(papalexi_pca):
     adata = papalexi_pca
     ref = adata[:15000].copy()
