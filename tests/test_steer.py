@@ -224,7 +224,7 @@ def test_steering_bad_input(steered):
     if len(dead):
         with pytest.raises(ValueError, match="never active"):
             fl.tl.steer(adata, "sae", dead[0])
-    with pytest.raises(ValueError, match="one feature at a time"):
+    with pytest.raises(ValueError, match="`feature` takes one feature"):
         fl.tl.steer(adata, "sae", [f, f])
     with pytest.raises(ValueError, match="No steering run"):
         fl.get.steering(adata, "sae", "nope")

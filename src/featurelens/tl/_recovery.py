@@ -19,6 +19,7 @@ from .._core import (
     embedding,
     expression,
     plain_params,
+    raw_embedding,
     renamed,
     resolve_device,
     stem,
@@ -48,22 +49,11 @@ def _as_list(variables, what: str = "variables") -> list[str]:
 
 def _variable(adata: AnnData, name: str):
     """The matrix of variable ``name`` (``adata.obsm[name]``, or ``adata.X`` for ``"X"``) and its dimension names."""
-    if name == "X":
-        V, dims = adata.X, pd.Index(adata.var_names.astype(str))
-        if V is None:
-            raise ValueError("The variable 'X' was requested but adata.X is empty.")
-    elif name in adata.obsm:
-        V = adata.obsm[name]
-        if isinstance(V, pd.DataFrame):
-            dims = pd.Index(V.columns.astype(str))
-            V = V.to_numpy()
-        else:
-            dims = None
-    else:
-        raise ValueError(
-            f"The variable {name!r} is not in adata.obsm, which has {available_reps(adata)}. "
-            "Pass `variables=` keys of adata.obsm (or 'X' for adata.X), e.g. those of `fl.datasets.simulate()`."
-        )
+    V = raw_embedding(adata, name, what="variables")
+    dims = pd.Index(adata.var_names.astype(str)) if name == "X" else None
+    if isinstance(V, pd.DataFrame):
+        dims = pd.Index(V.columns.astype(str))
+        V = V.to_numpy()
     if V.ndim == 1:
         V = V.reshape(-1, 1)
     if V.ndim != 2 or V.shape[0] != adata.n_obs:
@@ -265,7 +255,7 @@ def _dictionary_activations(adata: AnnData, key: str):
             f"{available_reps(adata)}. Train a dictionary (`fl.tl.sae(adata, key_added={key!r})`) or "
             f"recompute the activations (`fl.tl.encode(adata, {key!r})`)."
         )
-    Z = adata.obsm[obsm_key]
+    Z = adata.obsm[obsm_key]  # a dictionary's activations, or any features stored under that name
     Z = sp.csr_matrix(Z, dtype=np.float64) if sp.issparse(Z) else np.asarray(Z, dtype=np.float64)
     if Z.ndim != 2 or Z.shape[0] != adata.n_obs:
         raise ValueError(f"adata.obsm[{obsm_key!r}] must be cells x features, got shape {Z.shape}.")
