@@ -49,6 +49,11 @@ def _as_list(variables, what: str = "variables") -> list[str]:
 
 def _variable(adata: AnnData, name: str):
     """The matrix of variable ``name`` (``adata.obsm[name]``, or ``adata.X`` for ``"X"``) and its dimension names."""
+    if name != "X" and name not in adata.obsm:
+        raise ValueError(
+            f"The variable {name!r} is not in adata.obsm, which has {available_reps(adata)}. "
+            "Pass `variables=` keys of adata.obsm (or 'X' for adata.X), e.g. those of `fl.datasets.simulate()`."
+        )
     V = raw_embedding(adata, name, what="variables")
     dims = pd.Index(adata.var_names.astype(str)) if name == "X" else None
     if isinstance(V, pd.DataFrame):
