@@ -343,3 +343,15 @@ def test_plots_and_accessors_import_no_tool():
                 if isinstance(node, ast.ImportFrom):
                     mod = ("." * node.level) + (node.module or "")
                     assert not mod.startswith(("..tl", "featurelens.tl")), f"{path.name} imports {mod}"
+
+
+def test_learner_keywords_default_to_their_config():
+    from featurelens.models import ICFLConfig, SAEConfig, TrainConfig
+
+    for tool, cfg in ((fl.tl.sae, SAEConfig), (fl.tl.icfl, ICFLConfig)):
+        flat = inspect.signature(tool).parameters
+        for resolve in (cfg.resolve, TrainConfig.resolve):
+            for name, p in inspect.signature(resolve).parameters.items():
+                if name in flat and p.default is not inspect.Parameter.empty and name != "normalize":
+                    assert flat[name].default == p.default, (tool.__name__, name)
+    assert inspect.signature(TrainConfig.resolve).parameters["normalize"].default == "scale"

@@ -145,7 +145,7 @@ def test_enrichment_errors(kang_dge, kang_enriched):
         fl.pl.enrichment(kang_enriched, "sae", untested)
     with pytest.raises(ValueError, match=r"No 'gsea' results .* \['binomial', 'binomial_down', 'binomial_up', 'mwu'\]"):
         fl.pl.enrichment(kang_enriched, "sae", "f0", test="gsea")
-    with pytest.raises(ValueError, match="`test` must be one of 'mwu', .*, got 'fisher'"):
+    with pytest.raises(ValueError, match=r"`test` must be one of 'mwu', .*, got 'fisher'"):
         fl.pl.enrichment(kang_enriched, "sae", "f0", test="fisher")
     with pytest.raises(ValueError, match="`kind` must be one of 'dot', 'bar'"):
         fl.pl.enrichment(kang_enriched, "sae", "f0", kind="pie")

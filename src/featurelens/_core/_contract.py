@@ -107,9 +107,9 @@ def reader(func: Callable) -> Callable:
         check_adata(data)
         return func(data, *args, **kwargs)
 
-    _with_params(func, wrapper, [inspect.Parameter("mod", _KW, default=None, annotation="str | None")], {
-        "mod": _MOD_DOC
-    })
+    _with_params(
+        func, wrapper, [inspect.Parameter("mod", _KW, default=None, annotation="str | None")], {"mod": _MOD_DOC}
+    )
     return wrapper
 
 

@@ -133,9 +133,7 @@ def _stale_whitening(adata: AnnData, entry: dict) -> bool:
     current = adata.uns.get(w.get("key"))
     if not is_whitening(current) or current["params"].get("obsm_key") != entry["params"].get("use_rep"):
         return False
-    same = all(
-        np.array_equal(np.asarray(current[k]), np.asarray(w[k])) for k in ("mean", "components", "variances")
-    )
+    same = all(np.array_equal(np.asarray(current[k]), np.asarray(w[k])) for k in ("mean", "components", "variances"))
     return not same
 
 
@@ -157,7 +155,7 @@ def resolve_input(adata: AnnData, entry: dict, use_rep: str | None, whiten: bool
                 warn(
                     f"adata.obsm[{trained!r}] was recomputed by a later `fl.pp.whiten` after this dictionary was "
                     f"trained; encoding adata.obsm[{source!r}] with the dictionary's own whitening instead.",
-        )
+                )
             return source, True
         if stale:
             raise ValueError(

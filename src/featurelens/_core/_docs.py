@@ -19,14 +19,14 @@ SNIPPETS: dict[str, str] = {
         '        ``adata.obsm[f"X_{key}"]`` (from :func:`~featurelens.tl.sae`, :func:`~featurelens.tl.icfl` or\n'
         "        :func:`~featurelens.tl.encode`)."
     ),
-    "use_rep": "use_rep\n        Embedding in ``adata.obsm`` to read (``\"X\"`` reads ``adata.X``).",
+    "use_rep": 'use_rep\n        Embedding in ``adata.obsm`` to read (``"X"`` reads ``adata.X``).',
     "layer": "layer\n        Layer with the expression values (default ``adata.X``), cells x genes.",
-    "feature": "feature\n        One feature, by name (``\"f3\"``) or position (``3``).",
-    "features": "features\n        Features by name (``\"f3\"``) or position (``3``); default: all.",
+    "feature": 'feature\n        One feature, by name (``"f3"``) or position (``3``).',
+    "features": 'features\n        Features by name (``"f3"``) or position (``3``); default: all.',
     "random_state": "random_state\n        Seed of the random number generator; the same seed gives the same result.",
     "progress": "progress\n        Show a progress bar (tqdm).",
     "device": (
-        "device\n        ``\"auto\"`` (CUDA when available), ``\"cpu\"``, ``\"cuda\"``, ``\"cuda:N\"`` or a\n"
+        'device\n        ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or a\n'
         "        :class:`torch.device`."
     ),
     "pval_cutoff": (

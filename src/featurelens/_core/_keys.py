@@ -21,8 +21,9 @@ from ._warn import warn
 _KIND_TESTS = {
     "dictionary": is_dictionary,
     "whitening": is_whitening,
-    "autoencoder": lambda v: isinstance(v, dict) and isinstance(v.get("params"), dict)
-    and v["params"].get("method") == "autoencoder",
+    "autoencoder": lambda v: (
+        isinstance(v, dict) and isinstance(v.get("params"), dict) and v["params"].get("method") == "autoencoder"
+    ),
 }
 
 
@@ -96,9 +97,7 @@ def claim(
     """
     obsm = f"X_{name}" if obsm is None else obsm
     if obsm in set(inputs):
-        raise ValueError(
-            f"`{what}={name!r}` would overwrite the input adata.obsm[{obsm!r}]; choose another `{what}`."
-        )
+        raise ValueError(f"`{what}={name!r}` would overwrite the input adata.obsm[{obsm!r}]; choose another `{what}`.")
     if kind is not None and name in adata.uns and not _KIND_TESTS[kind](adata.uns[name]):
         raise ValueError(
             f"`{what}={name!r}` would overwrite adata.uns[{name!r}], which holds something else (not a featurelens "
@@ -114,9 +113,7 @@ def claim(
                 if users
                 else f"it was not written by featurelens (there is no adata.uns[{name!r}])"
             )
-            raise ValueError(
-                f"`{what}={name!r}` would overwrite adata.obsm[{obsm!r}]: {why}. Choose another `{what}`."
-            )
+            raise ValueError(f"`{what}={name!r}` would overwrite adata.obsm[{obsm!r}]: {why}. Choose another `{what}`.")
 
 
 # ---------------------------------------------------------------------- derived results of a dictionary

@@ -178,8 +178,10 @@ def resolve_log1p(adata: AnnData, X, layer: str | None, log1p: bool | None) -> b
     if is_log:
         lowest = min((float(b.min()) for b in _blocks(X) if b.size), default=0.0)
         if lowest < 0:
-            source = "adata.uns['log1p'] is set" if log1p is None and layer is None and "log1p" in adata.uns else (
-                "log1p=True was given" if log1p else "the values look log-transformed"
+            source = (
+                "adata.uns['log1p'] is set"
+                if log1p is None and layer is None and "log1p" in adata.uns
+                else ("log1p=True was given" if log1p else "the values look log-transformed")
             )
             raise ValueError(
                 f"{_layer_name(layer)} has negative values (minimum {lowest:.3g}) although {source}: it looks scaled "
