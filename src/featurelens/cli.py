@@ -379,7 +379,7 @@ def _work(adata, *, use_rep, out: Path, method, groupby, gene_sets, gene_symbols
     fl.tl.enrich(adata, key, gene_sets, gene_symbols=gene_symbols, progress=progress)
     try:
         _say("concept space")
-        fl.tl.concept_space(adata, key)
+        fl.tl.concept_space(adata, key, progress=progress)
         fl.tl.probe_concepts(adata, key, ["virus", "interferon", "ribosom", "cell cycle"])
     except ValueError as err:  # e.g. too few annotated features
         _say(f"concept space skipped: {err}")
