@@ -262,7 +262,7 @@ def test_mudata_pipeline_equals_anndata(kang_mudata, kang_sae, tmp_path):
     import mudata as md
 
     mdata = kang_mudata.copy()
-    fl.tl.sae(mdata, "X_pca", progress=False)
+    fl.tl.sae(mdata, "X_pca", n_steps=1000, progress=False)  # as the kang_sae fixture
     assert (mdata.obsm["X_sae"] != kang_sae.obsm["X_sae"]).nnz == 0
     fl.tl.feature_types(mdata, "sae", "cell_type")
     pd.testing.assert_frame_equal(mdata.uns["sae"]["features"], kang_sae.uns["sae"]["features"])
