@@ -26,21 +26,18 @@ import subprocess
 import sys
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-ROOT = Path(__file__).resolve().parents[1]
-KANG = ROOT.parent / "shared" / "data" / "scrna" / "kang2018_ifnb_sub2000_counts.h5ad"
-
 
 def kang():
-    import anndata as ad
     import scanpy as sc
 
-    adata = ad.read_h5ad(KANG)
+    import featurelens as fl
+
+    adata = fl.datasets.kang2018()  # the bundled 2,000 PBMCs (counts)
     sc.pp.normalize_total(adata, target_sum=1e4)
     sc.pp.log1p(adata)
     return adata

@@ -25,15 +25,11 @@ import platform
 import statistics
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from featurelens.models import ICFL, SparseAutoencoder
-
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
 
 
 def timed(fn, repeat: int, warmup: int = 1) -> float:
@@ -216,13 +212,11 @@ def bench_step(repeat: int) -> list[str]:
 
 # --------------------------------------------------------------------------- 3. dead features
 def bench_dead(n_features_list: list[int]) -> list[str]:
-    import anndata as ad
     import scanpy as sc
 
     import featurelens as fl
 
-    path = DATA / "scrna" / "kang2018_ifnb_sub2000_counts.h5ad"
-    adata = ad.read_h5ad(path)
+    adata = fl.datasets.kang2018()  # the bundled 2,000 PBMCs (counts)
     sc.pp.normalize_total(adata, target_sum=1e4)
     sc.pp.log1p(adata)
     sc.pp.pca(adata, n_comps=30, random_state=0)

@@ -8,7 +8,7 @@ Run from the repository root::
 Prints a Markdown table; the numbers in docs/benchmarks.md come from this script.
 
 Data: one Cell Painting plate (A549, LINCS compounds; 384 wells x 454 normalised CellProfiler
-features, 24 DMSO wells) from ``../shared/data/cellpainting``. Embedding: a 20-component PCA of the
+features, 24 DMSO wells), bundled as ``fl.datasets.cellpainting_plate()``. Embedding: a 20-component PCA of the
 profiles. For ICFL and a TopK SAE (160 features each, expansion 8, default training length), with and
 without whitening on the DMSO wells (``fl.pp.whiten``), and for several seeds, the script reports:
 
@@ -23,13 +23,9 @@ from __future__ import annotations
 import argparse
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-ROOT = Path(__file__).resolve().parents[1]
-PLATE = ROOT.parent / "shared" / "data" / "cellpainting" / "SQ00015054_normalized_feature_select.csv.gz"
 
 
 def run(seeds: list[int]) -> pd.DataFrame:
@@ -37,7 +33,7 @@ def run(seeds: list[int]) -> pd.DataFrame:
 
     import featurelens as fl
 
-    adata = fl.microscopy.read_profiles(PLATE)
+    adata = fl.datasets.cellpainting_plate()  # read with fl.microscopy.read_profiles
     sc.pp.pca(adata, n_comps=20, random_state=0)
     fl.pp.whiten(adata, "X_pca", control_key="Metadata_broad_sample", control_value="DMSO")
     annotated = adata.obs["Metadata_moa"].notna().to_numpy()
@@ -58,8 +54,8 @@ def run(seeds: list[int]) -> pd.DataFrame:
                 sub.obs["shuffled"] = shuffled
                 fl.tl.selectivity(sub, key, "Metadata_moa", thresholds=(0.5, 0.2))
                 fl.tl.selectivity(sub, key, "shuffled", thresholds=(0.5, 0.2))
-                real = sub.uns[key]["selectivity"]["Metadata_moa"]["summary"]["n_average"]
-                null = sub.uns[key]["selectivity"]["shuffled"]["summary"]["n_average"]
+                real = fl.get.selectivity(sub, key, "Metadata_moa", kind="summary")["n_average"]
+                null = fl.get.selectivity(sub, key, "shuffled", kind="summary")["n_average"]
                 active = np.asarray((adata.obsm[f"X_{key}"] != 0).sum(0)).ravel()
                 rows.append(
                     {

@@ -24,6 +24,7 @@ import time
 import warnings
 
 import numpy as np
+import pandas as pd
 
 VARIABLES = {"X": "observables", "X_programs": "X", "X_programs_batch": "X'", "X_programs_active": "X''"}
 
@@ -78,20 +79,23 @@ def main() -> None:
         else:
             fl.tl.variable_recovery(adata, variables, use_rep=rep)
     times["recovery"] = time.perf_counter() - t
-    table = fl.pl._recovery.recovery_table(adata, list(methods.values()))
-    table.index = list(methods)
+    table = pd.DataFrame(
+        {name: fl.get.recovery(adata, "variable_recovery", rep)["mean_best_r"] for name, rep in methods.items()}
+    ).T
     table.columns = [VARIABLES[c] for c in table.columns]
     print("\nMean best correlation of a single feature with each variable (Table S5):\n")
     print(table.to_markdown(floatfmt=".2f"))
 
-    sup = fl.tl.superposition(adata, "X_ae", variables)
+    fl.tl.superposition(adata, "X_ae", variables)
+    sup = fl.get.recovery(adata, "superposition", "X_ae")
     sup.index = [VARIABLES[v] for v in sup.index]
     print("\nLinear decodability from the AE embedding (validation R2, Fig. 1C):\n")
     print(sup[["mean_r2", "median_r2"]].to_markdown(floatfmt=".2f"))
 
     t = time.perf_counter()
-    st = fl.tl.structure_recovery(adata, "sae")
+    fl.tl.structure_recovery(adata, "sae")
     times["structure"] = time.perf_counter() - t
+    st = fl.get.recovery(adata, "structure_recovery", "sae")
     print("\nGene-program connectivity recovered from SAE features (A.2.5):\n")
     print(st.to_markdown(floatfmt=".2f"))
     print("\nTimes (s): " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()))
