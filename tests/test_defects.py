@@ -265,3 +265,18 @@ def test_sparse_activations_survive_the_round_trip_of_every_new_field(kang, tmp_
     view = back.uns["sae"]["steering"]["f0"]["view"]
     X0 = back.obsm["X_pca"][back.obs_names.get_indexer(back.uns["sae"]["steering"]["f0"]["cells"]["obs_name"])]
     np.testing.assert_allclose((X0 - view["mean"]) @ view["components"].T, pcs, rtol=1e-5, atol=1e-5)
+
+
+def test_token_score_runs_are_kept_apart_and_removed_with_their_dictionary():
+    rng = np.random.default_rng(0)
+    adata = fl.microscopy.from_embeddings(rng.normal(size=(30, 16, 6)).astype(np.float32), grid=(4, 4))
+    fl.tl.icfl(adata, "X_emb", n_features=12, n_iter=2, n_per_iter=2, n_steps=20, progress=False)
+    fl.tl.token_scores(adata, "icfl", "f3")
+    fl.tl.token_scores(adata, "icfl", "f3", key_added="again", whiten=None)
+    assert {"icfl_f3_token_scores", "again_token_scores"} <= set(adata.obsm)
+    np.testing.assert_array_equal(
+        fl.get.token_scores(adata, "icfl", 3, key_added="again"), fl.get.token_scores(adata, "icfl", 3)
+    )
+    fl.tl.icfl(adata, "X_emb", n_features=12, n_iter=2, n_per_iter=2, n_steps=20, random_state=1, progress=False)
+    assert not {"icfl_f3_token_scores", "again_token_scores"} & set(adata.obsm)
+    assert not {"icfl_f3_alignment", "again_alignment"} & set(adata.obs.columns)

@@ -338,7 +338,9 @@ _RECOVERY = ("superposition", "variable_recovery", "structure_recovery")
 
 @reader
 @doc
-def recovery(adata: AnnData, kind: str, name: str, *, table: str = "summary", key_added: str | None = None):
+def recovery(
+    adata: AnnData, kind: str, name: str, *, table: str = "summary", key_added: str | None = None
+) -> pd.DataFrame:
     """Results of :func:`featurelens.tl.superposition`, ``variable_recovery`` or ``structure_recovery``.
 
     Parameters
@@ -462,7 +464,7 @@ def steering(adata: AnnData, key: str, name: str | None = None) -> pd.DataFrame:
 
 @reader
 @doc
-def token_scores(adata: AnnData, key: str, feature) -> np.ndarray:
+def token_scores(adata: AnnData, key: str, feature, *, key_added: str | None = None) -> np.ndarray:
     """Token score maps of :func:`featurelens.tl.token_scores` as an ``(n_obs, h, w)`` array.
 
     Parameters
@@ -470,6 +472,8 @@ def token_scores(adata: AnnData, key: str, feature) -> np.ndarray:
     {doc_adata}
     {doc_key}
     {doc_feature}
+    key_added
+        The ``key_added`` of the run (default: that of the tool, ``f"{key}_{feature name}"``).
 
     Returns
     -------
@@ -487,8 +491,7 @@ def token_scores(adata: AnnData, key: str, feature) -> np.ndarray:
     """
     entry = get_entry(adata, key)
     _, fname = one_feature(entry, feature)
-    runs = entry.get("token_scores") or {}
-    run = runs.get(fname)
+    run = (entry.get("token_scores") or {}).get(key_added or f"{key}_{fname}")
     if run is None or not run.get("obsm_key") or run["obsm_key"] not in adata.obsm:
         raise ValueError(
             f"No token scores of {key!r}:{fname} in this AnnData; run `fl.tl.token_scores(adata, {key!r}, {fname!r})` "

@@ -201,9 +201,9 @@ def token_heatmap(
 
     For the ``n`` images (observations) with the highest activation of ``feature``
     (``adata.obsm[f"X_{key}"]``, ties broken by position; ``order="bottom"``: the lowest), or for
-    the explicit ``cells``, every panel shows the image with the feature's token score map from
-    :func:`featurelens.microscopy.token_scores` (the cosine of every patch token, preprocessed
-    like the dictionary's input, with the feature's decoder direction) resampled to the image
+    the explicit ``cells``, every panel shows the image with the feature's token score map stored
+    by :func:`featurelens.tl.token_scores` (run it first: the cosine of every patch token,
+    preprocessed like the dictionary's input, with the feature's decoder direction) resampled to the image
     size and laid over it semi-transparently, as in Figs. 5, 6D and 10E of the ICFL paper. All
     panels share one colour scale and colour bar; titles give the observation name and its
     activation. Without images the token maps are drawn alone, at the token grid's resolution.
@@ -323,7 +323,7 @@ def token_heatmap(
 # ---------------------------------------------------------------------- top_images
 def _alignment(adata: AnnData, key: str, fname: str) -> np.ndarray:
     """The alignment stored by :func:`featurelens.tl.token_scores` for a feature."""
-    run = (get_entry(adata, key).get("token_scores") or {}).get(fname)
+    run = (get_entry(adata, key).get("token_scores") or {}).get(f"{key}_{fname}")
     col = run.get("obs_key") if isinstance(run, dict) else None
     if col is None or col not in adata.obs:
         raise ValueError(
@@ -347,13 +347,13 @@ def top_images(
 ) -> PlotResult:
     """The images most and least aligned with a feature, side by side (Figs. 1D and 11 of the ICFL paper).
 
-    Alignment is the cosine between every observation's pooled embedding, preprocessed exactly
+    Alignment, stored by :func:`featurelens.tl.token_scores` (run it first), is the cosine between
+    every observation's pooled embedding, preprocessed exactly
     as the dictionary's input (``adata.obsm[params["use_rep"]]`` as :func:`featurelens.tl.encode`
     reads it: the stored control whitening applied when only the unwhitened source is present,
     then the dictionary's centring / scaling / unit norm), and the feature's decoder direction
-    ``adata.uns[key]["decoder"][feature]``; it is the score
-    :func:`featurelens.microscopy.token_scores` gives a single token, applied to the pooled
-    embedding. It is signed and defined for every observation, also where the (sparse)
+    ``adata.uns[key]["decoder"][feature]``; it is the score a single token gets, applied to the
+    pooled embedding. It is signed and defined for every observation, also where the (sparse)
     activation is 0, and needs no token embeddings (well-level objects work). The top row shows
     the ``n`` observations with the largest cosine (most positively aligned, largest first), the
     bottom row the ``n`` with the smallest (most negatively aligned, smallest first); ties are

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
+import pandas as pd
 from anndata import AnnData
 
 from .._checks import check_positive_int
@@ -64,8 +67,8 @@ def token_scores(
         (``fl.get.token_scores`` returns them as ``(n_obs, h, w)``); only with token embeddings.
     ``adata.obs[f"{key_added}_alignment"]`` : float
         Cosine between every observation's preprocessed pooled embedding and the feature direction.
-    ``adata.uns[key]["token_scores"][feature]`` : :class:`dict`
-        The names of both and the ``params``.
+    ``adata.uns[key]["token_scores"][key_added]`` : :class:`dict`
+        The names of both and the ``params`` (with the feature's name), one entry per run.
 
     Examples
     --------
@@ -94,10 +97,16 @@ def token_scores(
     if has_tokens:
         maps = token_maps(adata, entry, j, key=key, use_rep=use_rep, whiten=whiten, batch_tokens=batch_tokens)
     align = alignment(adata, entry, j)
+    runs = entry.setdefault("token_scores", {})
+    old = runs.get(name, {})
+    if old.get("obsm_key") and old["obsm_key"] in adata.obsm and maps is None:
+        del adata.obsm[old["obsm_key"]]  # a rerun without tokens must not leave the earlier maps behind
     if maps is not None:
         adata.obsm[obsm_key] = maps.reshape(adata.n_obs, -1)
-    adata.obs[obs_key] = align.astype(np.float64)
-    entry.setdefault("token_scores", {})[fname] = {
+    with warnings.catch_warnings():  # one column per scored feature: pandas warns about many inserts
+        warnings.simplefilter("ignore", pd.errors.PerformanceWarning)
+        adata.obs[obs_key] = align.astype(np.float64)
+    runs[name] = {
         "obsm_key": obsm_key if maps is not None else "",
         "obs_key": obs_key,
         "params": tool_params(feature=fname, use_rep=use_rep, whiten=whiten, has_tokens=has_tokens),
