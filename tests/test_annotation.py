@@ -135,7 +135,11 @@ def _high_low(adata, f, groupby=None):
 def test_high_vs_low_equals_scipy_and_statsmodels(kang_sae, groupby):
     adata = kang_sae.copy()
     feats = ["f0", "f5", "f9", "f17"]
-    fl.tl.high_vs_low(adata, "sae", groupby=groupby, features=feats, progress=False)
+    # the SAE paper's Welch test with its fold change; tests/test_calibration.py covers the other methods
+    fl.tl.high_vs_low(
+        adata, "sae", groupby=groupby, features=feats, method="t-test", min_high=10, min_detection=0.0,
+        pseudocount=1e-9, progress=False,
+    )  # fmt: skip
     summ = adata.uns["sae"]["dge"]["summary"]
     assert list(summ.index) == feats
     X = adata.X.toarray().astype(np.float64)
@@ -286,8 +290,9 @@ def test_gsea_rows_join_the_table(kang_enriched):
     assert len(new) > 0 and (new["test"] == "gsea").all()
     table = fl.get.enrichment(adata, "sae", feat)
     assert (table["test"] == "gsea").sum() == len(new)
-    # the strongest GSEA terms overlap the strongest rank-test terms
-    mwu_top = set(table[table["test"] == "mwu"].nsmallest(30, "pval")["term"].astype(str))
+    # the strongest GSEA terms (largest NES: up) overlap the strongest up terms of the rank test
+    mwu_up = table[(table["test"] == "mwu") & (table["direction"] == "up")]
+    mwu_top = set(mwu_up.nsmallest(30, "pval")["term"].astype(str))
     gsea_top = set(new.nlargest(30, "statistic")["term"].astype(str))
     assert len(mwu_top & gsea_top) >= 5
     fl.tl.gsea(adata, "sae", [feat], small, permutation_num=100)  # replaces, does not duplicate

@@ -7,7 +7,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from .._checks import check_bool, check_number, check_positive_int, check_probability
+from .._checks import check_bool, check_choice, check_number, check_positive_int, check_probability
 from .._core import (
     activations,
     doc,
@@ -21,10 +21,12 @@ from .._core import (
     tool_params,
     warn,
 )
-from ..stats import bh_adjust, set_moments, welch_ttest
+from ..stats import bh_adjust, paired_ttest, set_moments, welch_ttest
+from ..stats._contrast import log2_fold_change, ranksum_test, welch_overestim_var
 
 _SUMMARY = ["n_high", "n_low", "group", "n_up", "n_down", "high_rule", "skipped"]
-_RESULT = ["feature", "gene", "log2fc", "t", "pval", "padj", "mean_high", "mean_low"]
+_RESULT = ["feature", "gene", "log2fc", "t", "pval", "padj", "mean_high", "mean_low", "frac_high", "frac_low"]
+METHODS = ("t-test_overestim_var", "t-test", "wilcoxon", "pseudobulk")
 
 
 def _cell_sets(Zc, f, pool, high_quantile, n_low, min_high, min_low, rng):
@@ -92,7 +94,14 @@ class _HighVsLow:
         self.groupby = opts["groupby"]
         if self.groupby is not None:
             self.codes, self.groups = group_codes(adata, self.groupby, min_size=1)
+        self._check_group_sizes()
+        if self.groupby is not None:
             self.fgroups = self._feature_groups()
+        if opts["method"] == "pseudobulk":
+            self.sample_codes, self.samples = group_codes(adata, opts["sample_key"], min_size=1, what="sample_key")
+        self.detected = self.X.copy() if sp.issparse(self.X) else sp.csr_matrix(self.X)
+        self.detected.data = (self.detected.data > 0).astype(np.float64)
+        self.pseudocount = 1.0 if opts["pseudocount"] == "auto" else float(opts["pseudocount"])
         self.lfc = np.full((adata.n_vars, len(self.names)), np.nan, dtype=np.float32)
         self.summary: dict[str, list] = {c: [] for c in _SUMMARY}
         self.tables: list[dict] = []
@@ -100,6 +109,17 @@ class _HighVsLow:
         self.high_cols: list[np.ndarray] = []
 
     # ------------------------------------------------------------------ which cells
+    def _check_group_sizes(self) -> None:
+        """``min_high`` and ``min_low`` must fit into the largest pool of cells a feature can be tested in."""
+        o = self.opts
+        largest = self.adata.n_obs if self.groupby is None else int(np.bincount(self.codes).max())
+        if o["min_high"] + o["min_low"] > largest:
+            where = "adata" if self.groupby is None else f"the largest group of adata.obs[{self.groupby!r}]"
+            raise ValueError(
+                f"`min_high={o['min_high']}` plus `min_low={o['min_low']}` exceeds the {largest} cells of {where}: no "
+                "feature could be tested. Lower min_high / min_low."
+            )
+
     def _typed_groups(self) -> pd.Series | None:
         """The local group of every feature from ``feature_types`` with this very ``groupby``."""
         stored = self.entry.get("feature_types", {}).get(self.groupby)
@@ -158,8 +178,46 @@ class _HighVsLow:
         return highs, lows, tested
 
     # ------------------------------------------------------------------ the test
+    def _statistics(self, mom, det, highs, lows, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Statistic and p-value of every gene for the ``k`` tested features of a chunk, by ``method``."""
+        method = self.opts["method"]
+        nh, nl = mom.n[:k, None], mom.n[k:, None]
+        if method == "t-test":
+            t, _, p = welch_ttest(nh, mom.mean[:k], mom.var[:k], nl, mom.mean[k:], mom.var[k:])
+        elif method == "t-test_overestim_var":
+            t, _, p = welch_overestim_var(nh, mom.mean[:k], mom.var[:k], nl, mom.mean[k:], mom.var[k:])
+        elif method == "wilcoxon":
+            t, p = np.empty((k, self.adata.n_vars)), np.empty((k, self.adata.n_vars))
+            for i in range(k):
+                rows = np.concatenate([highs[i], lows[i]])
+                _, t[i], p[i] = ranksum_test(self.X[rows], highs[i].size)
+        else:
+            t, p = self._pseudobulk(highs, lows, k)
+        # genes expressed in too few cells of both groups are not tested (as Seurat's min.pct)
+        keep = np.maximum(det[:k] / nh, det[k:] / nl) >= self.opts["min_detection"]
+        return np.where(keep, t, np.nan), np.where(keep, p, np.nan)
+
+    def _pseudobulk(self, highs, lows, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Paired t-test over samples of log2 CPM of the summed high and low cells of every sample."""
+        t, p = np.full((k, self.adata.n_vars), np.nan), np.full((k, self.adata.n_vars), np.nan)
+        for i in range(k):
+            sets = []
+            for s in range(len(self.samples)):
+                h, lo = highs[i][self.sample_codes[highs[i]] == s], lows[i][self.sample_codes[lows[i]] == s]
+                if h.size and lo.size:
+                    sets += [h, lo]
+            if len(sets) < 4:  # fewer than two samples with both groups: no paired test
+                continue
+            rows = np.repeat(np.arange(len(sets)), [x.size for x in sets])
+            ind = sp.csr_matrix((np.ones(rows.size), (rows, np.concatenate(sets))), shape=(len(sets), self.adata.n_obs))
+            mom = set_moments(self.X, ind, transform=np.expm1 if self.log1p else None)
+            bulk = mom.sum_transformed if self.log1p else mom.sum
+            cpm = np.log2(bulk / np.maximum(bulk.sum(axis=1, keepdims=True), 1e-300) * 1e6 + 1.0)
+            _, t[i], p[i] = paired_ttest(cpm[0::2], cpm[1::2])
+        return t, p
+
     def _test(self, chunk: np.ndarray, highs, lows, tested) -> tuple[np.ndarray, np.ndarray]:
-        """Welch t-test of every gene for the tested features of a chunk; returns the up/down counts."""
+        """Test every gene for the tested features of a chunk; returns the up/down counts."""
         o = self.opts
         n_up = np.zeros(len(chunk), dtype=np.int64)
         n_down = np.zeros(len(chunk), dtype=np.int64)
@@ -169,21 +227,25 @@ class _HighVsLow:
         rows = np.repeat(np.arange(len(sets)), [s.size for s in sets])
         ind = sp.csr_matrix((np.ones(rows.size), (rows, np.concatenate(sets))), shape=(len(sets), self.adata.n_obs))
         mom = set_moments(self.X, ind, transform=np.expm1 if self.log1p else None)
+        det = set_moments(self.detected, ind).sum
         k = len(tested)
-        nh, nl = mom.n[:k, None], mom.n[k:, None]
-        t, _, p = welch_ttest(nh, mom.mean[:k], mom.var[:k], nl, mom.mean[k:], mom.var[k:])
+        t, p = self._statistics(mom, det, highs, lows, k)
         padj = bh_adjust(p, axis=1)
+        nh, nl = mom.n[:k, None], mom.n[k:, None]
         lin = mom.sum_transformed if self.log1p else mom.sum
         mh, ml = lin[:k] / nh, lin[k:] / nl
-        lfc = np.log2((mh + o["pseudocount"]) / (ml + o["pseudocount"]))
+        lfc = log2_fold_change(mh, ml, self.pseudocount)
         f_tested = chunk[np.asarray(tested)]
         self.lfc[:, f_tested] = lfc.T.astype(np.float32)
-        sig = (padj if o["adjusted"] else p) < o["pval_cutoff"]
+        sig = np.nan_to_num(padj if o["adjusted"] else p, nan=1.0) < o["pval_cutoff"]
         n_up[tested] = (sig & (lfc > 0)).sum(axis=1)
         n_down[tested] = (sig & (lfc < 0)).sum(axis=1)
         r, c = np.nonzero(np.nan_to_num(padj, nan=1.0) < o["store_pval"])
         if r.size:
-            values = {"log2fc": lfc, "t": t, "pval": p, "padj": padj, "mean_high": mh, "mean_low": ml}
+            values = {
+                "log2fc": lfc, "t": t, "pval": p, "padj": padj, "mean_high": mh, "mean_low": ml,
+                "frac_high": det[:k] / nh, "frac_low": det[k:] / nl,
+            }  # fmt: skip
             self.tables.append(
                 {"feature": f_tested[r].astype(np.int32), "gene": c.astype(np.int32)}
                 | {name: v[r, c] for name, v in values.items()}
@@ -217,7 +279,10 @@ class _HighVsLow:
         hr = np.concatenate(self.high_rows) if self.high_rows else np.zeros(0, np.int64)
         hc = np.concatenate(self.high_cols) if self.high_cols else np.zeros(0, np.int64)
         shape = (len(self.feat_idx), self.adata.n_obs)
-        params = {k: v for k, v in self.opts.items() if k != "features"} | {"log1p": self.log1p}
+        params = {k: v for k, v in self.opts.items() if k != "features"} | {
+            "log1p": self.log1p,
+            "pseudocount": self.pseudocount,
+        }
         invalidate(self.adata, self.key, "dge")
         self.entry["dge"] = {
             "summary": summ,
@@ -234,10 +299,18 @@ def _check_options(o: dict) -> None:
         check_positive_int(o[name], name)
     for name in ("min_high", "min_low"):
         check_positive_int(o[name], name, minimum=2)  # a variance needs two cells
-    check_number(o["pseudocount"], "pseudocount", minimum=0.0, low_open=True)
+    if o["pseudocount"] != "auto":
+        check_number(o["pseudocount"], "pseudocount", minimum=0.0, low_open=True)
     check_probability(o["store_pval"], "store_pval")
     check_probability(o["pval_cutoff"], "pval_cutoff")
     check_bool(o["adjusted"], "adjusted")
+    check_choice(o["method"], "method", METHODS)
+    check_number(o["min_detection"], "min_detection", minimum=0.0, maximum=1.0)
+    if (o["method"] == "pseudobulk") != (o["sample_key"] is not None):
+        raise ValueError(
+            "method='pseudobulk' needs `sample_key=` (the obs column of the donors or samples), and `sample_key` "
+            f"is only used by it; got method={o['method']!r}, sample_key={o['sample_key']!r}."
+        )
 
 
 @tool
@@ -249,12 +322,15 @@ def high_vs_low(
     layer: str | None = None,
     groupby: str | None = None,
     features=None,
+    method: str = "t-test_overestim_var",
+    sample_key: str | None = None,
     high_quantile: float = 0.99,
     n_low: int = 1000,
-    min_high: int = 10,
+    min_high: int = 30,
     min_low: int = 10,
+    min_detection: float = 0.1,
     log1p: bool | None = None,
-    pseudocount: float = 1e-9,
+    pseudocount: float | str = "auto",
     pval_cutoff: float = 0.05,
     adjusted: bool = True,
     store_pval: float = 0.05,
@@ -265,12 +341,36 @@ def high_vs_low(
     """Differential expression between the cells where a feature is high and where it is off.
 
     For every feature (Schuster 2025, A.3.2-A.3.7): *high* cells have an activation at or above
-    the ``high_quantile`` quantile of the feature (and above zero); *low* cells have an
-    activation of exactly zero (at most ``n_low`` of them, drawn at random with
-    ``random_state``). Every gene is compared with Welch's t-test, p-values are
-    Benjamini-Hochberg adjusted over genes, and the log2 fold change is that of the mean
-    expression on the linear scale (``expm1`` is undone first when the values are log1p
-    transformed): ``log2((mean_high + pseudocount) / (mean_low + pseudocount))``.
+    the ``high_quantile`` quantile of the feature (and above zero), widened to the ``min_high``
+    most active cells when the quantile selects fewer; *low* cells have an activation of exactly
+    zero (at most ``n_low`` of them, drawn at random with ``random_state``). Genes expressed in
+    fewer than ``min_detection`` of the cells of both groups are not tested; the others are
+    compared with ``method``, p-values are Benjamini-Hochberg adjusted over the tested genes, and
+    the log2 fold change is that of the mean expression on the linear scale (``expm1`` is undone
+    first when the values are log1p transformed) with a pseudocount on that scale,
+    ``log2((mean_high + c) / (mean_low + c))``; with the default ``c = 1`` (one count per 10,000
+    after ``sc.pp.normalize_total(target_sum=1e4)``, as Seurat's ``avg_log2FC``) no fold change
+    exceeds ``log2(max mean + 1)``, so a gene absent from a few high cells is not a 10^10-fold
+    change.
+
+    The methods are:
+
+    - ``"t-test_overestim_var"`` (default): Welch's t with the low group's variance divided by
+      the high group's size (scanpy's ``t-test_overestim_var``). The high group is small and
+      zero-inflated, and a gene that is zero in every high cell has no variance there, which makes
+      Welch's statistic huge; this variance keeps its size. On the bundled Kang data, 50 random
+      "features" of 10 to 200 random cells give no DEG at all, and the interferon features keep
+      their ISGs (``benchmarks/calibration.py``, docs/benchmarks.md).
+    - ``"t-test"``: Welch's t-test (the SAE paper's test; equals
+      ``scipy.stats.ttest_ind(equal_var=False)``). It rejects hundreds of genes for random cells.
+    - ``"wilcoxon"``: two-sided Wilcoxon rank-sum with tie and continuity corrections (equals
+      ``scipy.stats.mannwhitneyu(method="asymptotic")``); its normal approximation breaks down for
+      genes seen in one or two cells, so it too rejects for random cells of small groups.
+    - ``"pseudobulk"``: with ``sample_key`` (donors, samples), the expression of the high and of the
+      low cells of every sample is summed, scaled to counts per million and log2(CPM + 1)
+      transformed, and high and low are compared by a paired t-test over the samples that have both
+      (at least two; ``scipy.stats.ttest_rel``). This is the field's recommendation for comparisons
+      across samples.
 
     With ``groupby`` the contrast stays inside the feature's own group: its local group from
     :func:`~featurelens.tl.feature_types` run with the same ``groupby`` (the types of other
@@ -294,20 +394,28 @@ def high_vs_low(
     groupby
         Column of ``adata.obs``; contrast within each feature's group.
     {doc_features}
+    method
+        ``"t-test_overestim_var"``, ``"t-test"``, ``"wilcoxon"`` or ``"pseudobulk"`` (see above).
+    sample_key
+        Column of ``adata.obs`` with the donors or samples, for ``method="pseudobulk"`` only.
     high_quantile
         Quantile of the activation that defines high cells.
     n_low
         Maximum number of zero-activation cells.
     min_high, min_low
-        Minimum group sizes. When fewer than ``min_high`` cells reach the quantile (small data or
-        a small group), the ``min_high`` most active cells are the high cells instead
-        (``high_rule`` records which); features with fewer active or zero cells than these
-        minima are skipped with the reason recorded.
+        Minimum group sizes (30 high cells: fewer make the comparison meaningless). When fewer
+        than ``min_high`` cells reach the quantile (small data or a small group), the ``min_high``
+        most active cells are the high cells instead (``high_rule`` records which); features with
+        fewer active or zero cells than these minima are skipped with the reason recorded.
+    min_detection
+        Genes expressed (non-zero) in less than this fraction of the high cells and of the low
+        cells are not tested (as Seurat's ``min.pct``).
     log1p
         Whether the values are ``log1p`` transformed (default: detected from ``adata.uns["log1p"]``
         or non-integer values).
     pseudocount
-        Added to both means before the fold change.
+        Added to both means (on the linear scale of the data) before the fold change; ``"auto"``:
+        1. The value used is recorded in ``params``.
     pval_cutoff
         Genes below this (adjusted, see ``adjusted``) p count as up / down in the summary.
     adjusted
@@ -333,8 +441,9 @@ def high_vs_low(
         fold change), ``high_rule`` (``"quantile"`` or ``"top <min_high>"``), ``skipped`` (the
         reason, ``""`` when tested).
     ``adata.uns[key]["dge"]["results"]`` : :class:`pandas.DataFrame`
-        Long table of genes with ``padj < store_pval``: ``feature``, ``gene``, ``log2fc``, ``t``,
-        ``pval``, ``padj``, ``mean_high``, ``mean_low`` (linear scale), ``direction``.
+        Long table of genes with ``padj < store_pval``: ``feature``, ``gene``, ``log2fc``, ``t``
+        (the statistic of ``method``), ``pval``, ``padj``, ``mean_high``, ``mean_low`` (linear
+        scale), ``frac_high``, ``frac_low`` (fraction of expressing cells), ``direction``.
     ``adata.uns[key]["dge"]["high_cells"]`` : :class:`scipy.sparse.csr_matrix` (features x cells)
         Which cells were the high cells of each feature (rows in the order of the summary).
     ``adata.uns[key]["dge"]["params"]`` : :class:`dict`
@@ -357,10 +466,13 @@ def high_vs_low(
         "layer": layer,
         "groupby": groupby,
         "features": features,
+        "method": method,
+        "sample_key": sample_key,
         "high_quantile": high_quantile,
         "n_low": n_low,
         "min_high": min_high,
         "min_low": min_low,
+        "min_detection": min_detection,
         "log1p": log1p,
         "pseudocount": pseudocount,
         "pval_cutoff": pval_cutoff,
