@@ -37,7 +37,17 @@ def steered(kang_enriched):
     diff = np.asarray(Z[stim].mean(0)).ravel() - np.asarray(Z[ctrl].mean(0)).ravel()
     feature = str(adata.uns["sae"]["features"].index[int(np.argmax(diff))])
     cells = "condition == 'CTRL'"
-    fl.tl.steer(adata, "sae", feature, groupby="cell_type", group="CD14 Mono", cells=cells, centroids="condition")
+    fl.tl.steer(
+        adata,
+        "sae",
+        feature,
+        groupby="cell_type",
+        group="CD14 Mono",
+        cells=cells,
+        centroids="condition",
+        method="t-test",
+        progress=False,
+    )  # fmt: skip: the volcano needs p-values; the default effect table is drawn by test_steering_effect_panel
     return adata
 
 
@@ -193,6 +203,24 @@ def test_steering_volcano_grey_untested_delta_and_cap(steered):
     # all positive: no cap in the label
     run["results"] = res.assign(padj=0.01)
     assert fl.pl.steering(adata, "sae", n_labels=0, arrows=False, show=False)[1].get_ylabel() == "-log10(adjusted p)"
+
+
+def test_steering_effect_panel(steered):
+    """A run without p-values (the default, method="effect"): log2 fold change vs |change|, the unpredictable grey."""
+    adata = steered.copy()
+    run = _run(adata)
+    feature = run["params"]["feature"]
+    fl.tl.steer(adata, "sae", feature, groupby="cell_type", group="CD14 Mono", cells="condition == 'CTRL'",
+                key_added="effect", progress=False)  # fmt: skip
+    res = adata.uns["sae"]["steering"]["effect"]["results"]
+    ax = fl.pl.steering(adata, "sae", "effect", n_labels=6, arrows=False, show=False)[1]
+    assert ax.get_ylabel() == "|mean change of expression|"
+    pts = np.concatenate([c.get_offsets() for c in ax.collections])
+    x, y = res["log2fc"].to_numpy(), res["delta"].abs().to_numpy()
+    np.testing.assert_allclose(pts[np.lexsort((pts[:, 0], pts[:, 1]))], np.column_stack([x, y])[np.lexsort((x, y))])
+    grey = _by_label(ax, "decoder R² < 0.1")
+    assert grey.get_label() == f"decoder R² < 0.1 ({int((~res['predictable']).sum())})"
+    assert [t.get_text() for t in ax.texts] == list(res["gene"].astype(str)[:6])  # the default ranking
 
 
 # ----------------------------------------------------------------------------- options and errors

@@ -19,6 +19,7 @@ from featurelens.models.preprocess import Preprocess
 from featurelens.stats import paired_ttest
 
 ISGS = ["ISG15", "IFI6", "IFIT3", "MX1", "LY6E"]
+ALL_ISGS = {*ISGS, "IFIT1", "IFIT2", "ISG20", "IFITM3", "IFI27", "HERPUD1", "APOBEC3A", "CCL2", "MX2", "OAS1", "RSAD2"}
 
 
 def _stim_mono_feature(adata, key="sae") -> str:
@@ -45,11 +46,19 @@ def test_steering_an_interferon_feature_induces_isgs_and_moves_cells_to_stim(ste
     adata, f = steered
     run = adata.uns["sae"]["steering"][f]
     res = fl.get.steering(adata, "sae", f).set_index("gene")
-    # interferon-stimulated genes are significantly up and among the top 2% of genes by effect
-    assert (res.loc[ISGS, "padj"] < 0.05).all() and (res.loc[ISGS, "direction"] == "up").all()
+    # interferon-stimulated genes go up, with a bootstrap interval away from 0, among the top 2% of genes by effect
+    assert (res.loc[ISGS, "delta_low"] > 0).all() and (res.loc[ISGS, "direction"] == "up").all()
     rank = res["delta"].rank(ascending=False)
     assert (rank[ISGS] <= 0.02 * len(res)).all(), rank[ISGS]
     assert (res.loc[ISGS, "log2fc"] > 0.5).all()
+    # no p-values for a deterministic decoder; the default ranking and the fold changes are led by predictable ISGs
+    assert res["padj"].isna().all() and run["params"]["method"] == "effect"
+    table = fl.get.steering(adata, "sae", f)
+    top = table[table["direction"] == "up"].head(20)
+    by_lfc = table.nlargest(20, "log2fc")
+    for t in (top, by_lfc):
+        assert (t["r2"] >= 0.1).all() and len(set(t["gene"]) & ALL_ISGS) >= 3, list(t["gene"])
+    assert (table["rank"] == np.arange(1, len(table) + 1)).all() and table["predictable"].is_monotonic_decreasing
     # steered CTRL monocytes move toward the STIM centroid and mostly switch their nearest centroid
     mv = run["movement"]
     assert mv.loc["STIM", "shift_toward"] > 0 and mv.loc["STIM", "dist_after"] < mv.loc["STIM", "dist_before"]
@@ -70,7 +79,12 @@ def test_steering_an_interferon_feature_induces_isgs_and_moves_cells_to_stim(ste
 def test_steering_arithmetic_and_statistics(steered):
     """x' - x is the feature direction times (v - z) through the preprocessing; tests match scipy/statsmodels."""
     adata, f = steered
-    run = adata.uns["sae"]["steering"][f]
+    adata = adata.copy()
+    fl.tl.steer(
+        adata, "sae", f, groupby="cell_type", group="CD14 Mono", cells="condition == 'CTRL'", method="t-test",
+        key_added="tt", progress=False,
+    )  # fmt: skip
+    run = adata.uns["sae"]["steering"]["tt"]
     pos = adata.obs_names.get_indexer(run["cells"]["obs_name"])
     X0 = adata.obsm["X_pca"][pos].astype(np.float64)
     X1 = run["embedding"].astype(np.float64)
@@ -93,8 +107,13 @@ def test_steering_arithmetic_and_statistics(steered):
     np.testing.assert_allclose(model.intercept[g], ref.intercept_, rtol=1e-6, atol=1e-9)
     from sklearn.metrics import r2_score
 
-    r2 = r2_score(E, ref.predict(adata.obsm["X_pca"].astype(np.float64)), multioutput="raw_values")
-    res = fl.get.steering(adata, "sae", f).set_index("gene")
+    # R² on 20 % held-out cells of a fit on the others (the decoder's own seed)
+    test = np.zeros(adata.n_obs, bool)
+    test[np.random.default_rng(0).choice(adata.n_obs, round(0.2 * adata.n_obs), replace=False)] = True
+    Xp = adata.obsm["X_pca"].astype(np.float64)
+    part = Ridge(alpha=1.0).fit(Xp[~test], E[~test])
+    r2 = r2_score(E[test], part.predict(Xp[test]), multioutput="raw_values")
+    res = fl.get.steering(adata, "sae", "tt").set_index("gene")
     np.testing.assert_allclose(res.loc[genes, "r2"], r2, rtol=1e-6)
     # paired t-test on the (clipped) predictions, BH over genes
     P0 = np.maximum(ref.predict(X0), 0)
@@ -103,8 +122,17 @@ def test_steering_arithmetic_and_statistics(steered):
     np.testing.assert_allclose(res.loc[genes, "statistic"], t.statistic, rtol=1e-6)
     np.testing.assert_allclose(res.loc[genes, "pval"], t.pvalue, rtol=1e-6, atol=1e-300)
     np.testing.assert_allclose(res.loc[genes, "mean_steered"], P1.mean(0), rtol=1e-6)
-    lfc = np.log2((np.expm1(P1).mean(0) + 1e-9) / (np.expm1(P0).mean(0) + 1e-9))
+    lfc = np.log2((np.expm1(P1).mean(0) + 1) / (np.expm1(P0).mean(0) + 1))  # one count per 10,000
     np.testing.assert_allclose(res.loc[genes, "log2fc"], lfc, rtol=1e-6)
+    # the bootstrap intervals: the same resamples of the steered cells, recomputed
+    n = P0.shape[0]
+    W = np.random.default_rng(0).multinomial(n, np.full(n, 1 / n), size=200) / n
+    boot = W @ (P1 - P0)
+    np.testing.assert_allclose(res.loc[genes, "delta_low"], np.percentile(boot, 2.5, axis=0), rtol=1e-6)
+    np.testing.assert_allclose(res.loc[genes, "delta_high"], np.percentile(boot, 97.5, axis=0), rtol=1e-6)
+    lboot = np.log2((W @ np.expm1(P1) + 1) / (W @ np.expm1(P0) + 1))
+    np.testing.assert_allclose(res.loc[genes, "log2fc_high"], np.percentile(lboot, 97.5, axis=0), rtol=1e-6)
+    assert (res["delta_low"] <= res["delta"] + 1e-12).all() and (res["delta"] <= res["delta_high"] + 1e-12).all()
     ok = res["pval"].notna()
     np.testing.assert_allclose(res.loc[ok, "padj"], multipletests(res.loc[ok, "pval"], method="fdr_bh")[1], rtol=1e-6)
 
@@ -212,7 +240,7 @@ def test_steering_bad_input(steered):
         fl.tl.steer(adata, "sae", f, cells=np.ones(3, dtype=bool))
     with pytest.raises(ValueError, match="expected \\(cells, genes\\)"):
         fl.tl.steer(adata, "sae", f, cells=np.arange(5), decoder=lambda Z: Z)
-    with pytest.raises(ValueError, match="`method` must be one of 't-test', 'wilcoxon', 'deseq2'"):
+    with pytest.raises(ValueError, match="`method` must be one of 'effect', 't-test', 'wilcoxon', 'deseq2'"):
         fl.tl.steer(adata, "sae", f, method="anova")
     with pytest.raises(ValueError, match="`decoder` must be one of"):
         fl.tl.steer(adata, "sae", f, decoder="umap")

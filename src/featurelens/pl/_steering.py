@@ -214,8 +214,43 @@ def steering(
         axes = np.asarray(axs, dtype=object)
     xy = (X - np.asarray(view["mean"])) @ np.asarray(view["components"]).T
     _cells_panel(fig, axes[0], adata, run, run_name, xy, color=color, arrows=arrows, size=size)
-    _volcano_panel(axes[1], run, run_name, n_labels, pval_cutoff)
+    if np.isfinite(run["results"]["padj"].to_numpy(dtype=np.float64)).any():
+        _volcano_panel(axes[1], run, run_name, n_labels, pval_cutoff)
+    else:
+        _effect_panel(axes[1], run, run_name, n_labels)
     return _finish(fig, show, return_fig, axes)
+
+
+def _effect_panel(ax, run: dict, run_name: str, n_labels: int) -> None:
+    """Effects of a run without p-values: log2 fold change against the size of the change in expression."""
+    params, res = run["params"], run["results"]
+    x = res["log2fc"].to_numpy(dtype=np.float64)
+    y = np.abs(res["delta"].to_numpy(dtype=np.float64))
+    pred = res["predictable"].to_numpy(dtype=bool) if "predictable" in res else np.ones(len(res), bool)
+    direction = res["direction"].astype(str).to_numpy()
+    r2_min = params.get("r2_min", 0.1)
+    groups = [
+        (~pred, "0.82", f"decoder R² < {r2_min:g}"),
+        (pred & (direction == "down"), DOWN_COLOR, "down"),
+        (pred & (direction == "up"), UP_COLOR, "up"),
+        (pred & (direction == "none"), "0.6", "no change"),
+    ]
+    for mask, c, label in groups:
+        if mask.any():
+            n = int(mask.sum())
+            ax.scatter(x[mask], y[mask], s=6, c=c, lw=0, rasterized=n > 5000, label=f"{label} ({n})")
+    ax.axvline(0, color="0.7", lw=0.6)
+    ax.set_xlabel("log2 fold change (steered / original)")
+    ax.set_ylabel("|mean change of expression|")
+    feature = params.get("feature", run_name)
+    ax.set_title(f"{feature}: effect of steering ({params.get('decoder', '?')} decoder)", fontsize="medium")
+    ax.legend(
+        loc="upper center", bbox_to_anchor=(0.5, -0.12), ncols=2, frameon=False, fontsize="x-small", markerscale=2,
+        handletextpad=0.2, columnspacing=1.0,
+    )  # fmt: skip
+    order = np.flatnonzero(pred)[: max(n_labels, 0)]  # the table is in its default ranking
+    if order.size:
+        _label_points(ax, x[order], y[order], list(res["gene"].astype(str).to_numpy()[order]), "x-small", offset=8)
 
 
 def _cells_panel(fig, ax, adata: AnnData, run: dict, run_name: str, xy, *, color, arrows, size) -> None:

@@ -9,7 +9,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from .._checks import check_choice, check_nonnegative, check_positive_int
+from .._checks import check_choice, check_int, check_nonnegative, check_number, check_positive, check_positive_int
 from .._core import (
     doc,
     expression,
@@ -25,9 +25,10 @@ from .._core import (
     tool_params,
 )
 from ..models.decoders import CallableDecoder, LinearMapDecoder, RidgeDecoder
-from ..stats import PAIRED_METHODS, bh_adjust, paired_test
+from ..stats import PAIRED_METHODS, PairedResult, bh_adjust, paired_test
+from ..stats._contrast import log2_fold_change
 
-METHODS = PAIRED_METHODS
+METHODS = ("effect", *PAIRED_METHODS)
 DECODERS = ("linear", "pca")
 
 
@@ -79,7 +80,7 @@ def _decoder(adata: AnnData, decoder, *, layer, rep, X, ridge_alpha, log1p, clip
     nonneg = (E.data.min(initial=0.0) if sp.issparse(E) else np.min(E, initial=0.0)) >= 0
     do_clip = bool(nonneg) if clip is None else bool(clip)
     if decoder == "linear":
-        return RidgeDecoder.fit(X, E, alpha=ridge_alpha), is_log, do_clip
+        return RidgeDecoder.fit_heldout(X, E, alpha=ridge_alpha), is_log, do_clip
     if "PCs" not in adata.varm:
         raise ValueError(
             "decoder='pca' needs the PCA loadings in adata.varm['PCs'] (from `sc.pp.pca`); they are missing. "
@@ -93,24 +94,49 @@ def _decoder(adata: AnnData, decoder, *, layer, rep, X, ridge_alpha, log1p, clip
     return LinearMapDecoder.from_pca(X, E, adata.varm["PCs"]), is_log, do_clip
 
 
-def _gene_table(genes: pd.Index, P0, P1, is_log: bool, res, r2) -> pd.DataFrame:
-    """One row per gene, sorted by adjusted p then effect size."""
+def _bootstrap_intervals(P0, P1, is_log: bool, pseudocount: float, n_boot: int, rng) -> dict[str, np.ndarray]:
+    """95 % percentile intervals of the mean change and of the log2 fold change over resampled steered cells."""
+    n = P0.shape[0]
+    if n_boot == 0 or n < 2:
+        nan = np.full(P0.shape[1], np.nan)
+        return {"delta_low": nan, "delta_high": nan, "log2fc_low": nan, "log2fc_high": nan}
+    W = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64) / n  # (n_boot, cells)
     lin0, lin1 = (np.expm1(P0), np.expm1(P1)) if is_log else (P0, P1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        lfc = np.log2((lin1.mean(0) + 1e-9) / (lin0.mean(0) + 1e-9))
+    deltas = W @ (P1 - P0)
+    lfcs = log2_fold_change(W @ lin1, W @ lin0, pseudocount)
+    lo, hi = np.percentile(deltas, [2.5, 97.5], axis=0)
+    llo, lhi = np.percentile(lfcs, [2.5, 97.5], axis=0)
+    return {"delta_low": lo, "delta_high": hi, "log2fc_low": llo, "log2fc_high": lhi}
+
+
+def _gene_table(genes: pd.Index, P0, P1, is_log: bool, res, r2, opts: dict, rng) -> pd.DataFrame:
+    """One row per gene with the effect, its interval and (for a test) p-values, in the default ranking.
+
+    The ranking puts the genes the decoder predicts (R² >= ``r2_min``) first, by the size of the
+    change of their expression; genes it cannot predict follow, so they never top the table.
+    """
+    lin0, lin1 = (np.expm1(P0), np.expm1(P1)) if is_log else (P0, P1)
+    lfc = log2_fold_change(lin1.mean(0), lin0.mean(0), opts["pseudocount"])
     lfc = np.where(np.isnan(res.log2fc), lfc, res.log2fc)
     ok = np.isfinite(res.pval)
     padj = np.full(res.pval.shape, np.nan)
     if ok.any():
         padj[ok] = bh_adjust(res.pval[ok])
     d = res.mean_diff
+    intervals = _bootstrap_intervals(P0, P1, is_log, opts["pseudocount"], opts["n_bootstrap"], rng)
+    r2 = np.asarray(r2, dtype=np.float64)
+    predictable = np.isnan(r2) | (r2 >= opts["r2_min"])
     table = pd.DataFrame(
         {
             "gene": genes,
             "mean_original": P0.mean(0),
             "mean_steered": P1.mean(0),
             "delta": d,
+            "delta_low": intervals["delta_low"],
+            "delta_high": intervals["delta_high"],
             "log2fc": lfc,
+            "log2fc_low": intervals["log2fc_low"],
+            "log2fc_high": intervals["log2fc_high"],
             "statistic": res.statistic,
             "pval": res.pval,
             "padj": padj,
@@ -118,10 +144,13 @@ def _gene_table(genes: pd.Index, P0, P1, is_log: bool, res, r2) -> pd.DataFrame:
                 np.where(d > 0, "up", np.where(d < 0, "down", "none")), categories=["down", "none", "up"]
             ),
             "r2": r2,
+            "predictable": predictable,
         }
     )
-    key = lambda s: s.abs() if s.name == "delta" else s  # noqa: E731
-    return table.sort_values(["padj", "delta"], key=key, ascending=[True, False]).reset_index(drop=True)
+    order = np.lexsort((table["gene"].to_numpy().astype(str), -np.abs(d), ~predictable))
+    table = table.iloc[order].reset_index(drop=True)
+    table["rank"] = np.arange(1, len(table) + 1)
+    return table
 
 
 def _view(X: np.ndarray) -> tuple[dict, Callable]:
@@ -171,9 +200,13 @@ def _cell_table(adata, idx, z, X0, X1, project) -> pd.DataFrame:
     return table
 
 
-def _check_steer_options(method, n_deseq, ridge_alpha) -> None:
+def _check_steer_options(method, n_deseq, ridge_alpha, opts) -> None:
     check_choice(method, "method", METHODS)
     check_positive_int(n_deseq, "n_deseq")
+    check_int(opts["n_bootstrap"], "n_bootstrap", minimum=0)
+    check_number(opts["r2_min"], "r2_min", maximum=1.0)
+    if opts["pseudocount"] != "auto":
+        check_positive(opts["pseudocount"], "pseudocount")
     check_nonnegative(ridge_alpha, "ridge_alpha")
 
 
@@ -191,13 +224,16 @@ def steer(
     scale: float | None = None,
     decoder: str | Callable = "linear",
     layer: str | None = None,
-    method: str = "t-test",
+    method: str = "effect",
     use_rep: str | None = None,
     centroids: str | None = None,
     ridge_alpha: float = 1.0,
     log1p: bool | None = None,
     clip: bool | None = None,
     n_deseq: int = 50,
+    n_bootstrap: int = 200,
+    r2_min: float = 0.1,
+    pseudocount: float | str = "auto",
     random_state: int = 0,
     progress: bool = True,
     key_added: str | None = None,
@@ -230,7 +266,8 @@ def steer(
         Multiply the value by this (e.g. ``2`` for twice the maximum).
     decoder
         ``"linear"``: ridge regression from the embedding to the expression ``layer`` (fitted on all cells;
-        its R² per gene is reported); ``"pca"``: ``adata.varm["PCs"]`` plus the gene means (when the
+        its R² per gene on 20 % held-out cells, from a fit on the others, is reported);
+        ``"pca"``: ``adata.varm["PCs"]`` plus the gene means (when the
         embedding is scanpy's PCA); or a callable mapping an embedding array (cells x d) to expression
         (cells x ``adata.n_vars``), e.g. the generative output of a scvi-tools model::
 
@@ -239,9 +276,12 @@ def steer(
     layer
         Expression layer for the linear/PCA decoder and the gene names (default ``adata.X``).
     method
-        ``"t-test"`` (paired t-test), ``"wilcoxon"`` (signed-rank) or ``"deseq2"`` (pydeseq2 on
-        ``n_deseq`` random cells with the cell in the design, ``~ cell + condition``; needs a decoder
-        that predicts counts, which are rounded).
+        ``"effect"`` (default): the effect of every gene with a bootstrap interval over the steered
+        cells and no p-value. A deterministic decoder moves every gene by a fixed amount per cell, so a
+        per-gene test rejects for every gene and its p-values carry no information. Available for
+        comparison: ``"t-test"`` (paired t-test), ``"wilcoxon"`` (signed-rank) or ``"deseq2"``
+        (pydeseq2 on ``n_deseq`` random cells with the cell in the design, ``~ cell + condition``; needs
+        a decoder that predicts counts, which are rounded).
     use_rep
         Embedding the dictionary reads (default: the one it was trained on).
     centroids
@@ -256,6 +296,14 @@ def steer(
         Clip predictions at zero (default: when the layer is non-negative).
     n_deseq
         Cells used by ``method="deseq2"``.
+    n_bootstrap
+        Resamples of the steered cells for the 95 % intervals of ``delta`` and ``log2fc`` (0: none).
+    r2_min
+        Genes whose decoder R² (held out, for the linear decoder) is below this are flagged
+        ``predictable=False`` and ranked after all others.
+    pseudocount
+        Added to both mean expressions (linear scale) before the fold change (``"auto"``: 1, one count
+        per 10,000 after ``sc.pp.normalize_total(target_sum=1e4)``), as in :func:`high_vs_low`.
     random_state
         Seed for the DESeq2 subsample.
     {doc_progress}
@@ -270,8 +318,11 @@ def steer(
 
     ``adata.uns[key]["steering"][name]["results"]`` : :class:`pandas.DataFrame`
         One row per gene: ``gene``, ``mean_original``, ``mean_steered``, ``delta`` (mean paired
-        difference), ``log2fc``, ``statistic``, ``pval``, ``padj`` (BH over genes), ``direction``
-        and the decoder's ``r2`` for the gene; sorted by adjusted p then effect size.
+        difference) with its interval ``delta_low`` / ``delta_high``, ``log2fc`` (of the linear means,
+        with ``pseudocount``) with ``log2fc_low`` / ``log2fc_high``, ``statistic``, ``pval``, ``padj``
+        (BH over genes; NaN for ``method="effect"``), ``direction``, the decoder's ``r2``,
+        ``predictable`` (``r2 >= r2_min``) and ``rank``: the table is sorted predictable genes first,
+        then by ``|delta|``.
     ``adata.uns[key]["steering"][name]["cells"]`` : :class:`pandas.DataFrame`
         Per steered cell: ``obs_name``, activation before (``z``), the 2-D view coordinates before and
         after (``pc1_before``, ``pc2_before``, ``pc1_after``, ``pc2_after``) and, with ``centroids``,
@@ -301,7 +352,9 @@ def steer(
     """
     from tqdm.auto import tqdm
 
-    _check_steer_options(method, n_deseq, ridge_alpha)
+    opts = {"n_bootstrap": n_bootstrap, "r2_min": r2_min, "pseudocount": pseudocount}
+    _check_steer_options(method, n_deseq, ridge_alpha, opts)
+    opts["pseudocount"] = 1.0 if pseudocount == "auto" else float(pseudocount)
     entry = get_entry(adata, key)
     f, fname = one_feature(entry, feature)
     name = stem(key_added, fname)
@@ -323,8 +376,12 @@ def steer(
     bar.update(1)
     bar.set_description(f"steering: {method}")
     genes = adata.var_names.astype(str)[dec.genes]
-    res = paired_test(P0, P1, method, genes=genes, n_deseq=n_deseq, random_state=random_state)
-    table = _gene_table(genes, P0, P1, is_log, res, dec.r2)
+    if method == "effect":
+        none = np.full(P0.shape[1], np.nan)
+        res = PairedResult((P1 - P0).mean(0), none, none, none)
+    else:
+        res = paired_test(P0, P1, method, genes=genes, n_deseq=n_deseq, random_state=random_state)
+    table = _gene_table(genes, P0, P1, is_log, res, dec.r2, opts, np.random.default_rng(random_state))
     bar.update(1)
     bar.set_description("steering: view")
     view, project = _view(X)
@@ -341,7 +398,8 @@ def steer(
     out["params"] = tool_params(
         feature=fname, value=v, value_rule=value if isinstance(value, str) else "number", scale=scale,
         n_cells=int(idx.size), decoder=dec.name, layer=layer, method=method, use_rep=rep, log1p=is_log,
-        clip=do_clip, centroids=centroids, frac_nearest_changed=frac_changed,
+        clip=do_clip, centroids=centroids, frac_nearest_changed=frac_changed, n_bootstrap=int(n_bootstrap),
+        r2_min=float(r2_min), pseudocount=opts["pseudocount"],
         n_deseq=int(n_deseq) if method == "deseq2" else None, random_state=int(random_state),
         **{f"decoder_{k}": val for k, val in dec.quality.items()},
     )  # fmt: skip
