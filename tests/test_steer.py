@@ -240,7 +240,8 @@ def test_steering_bad_input(steered):
         fl.tl.steer(adata, "sae", f, cells=np.ones(3, dtype=bool))
     with pytest.raises(ValueError, match="expected \\(cells, genes\\)"):
         fl.tl.steer(adata, "sae", f, cells=np.arange(5), decoder=lambda Z: Z)
-    with pytest.raises(ValueError, match="`method` must be one of 'effect', 't-test', 'wilcoxon', 'deseq2'"):
+    choices = "'effect', 'posterior', 't-test', 'wilcoxon', 'deseq2'"
+    with pytest.raises(ValueError, match=f"`method` must be one of {choices}"):
         fl.tl.steer(adata, "sae", f, method="anova")
     with pytest.raises(ValueError, match="`decoder` must be one of"):
         fl.tl.steer(adata, "sae", f, decoder="umap")

@@ -14,6 +14,7 @@ from ._enrich import enrich, gsea
 from ._features import feature_stats, feature_types, selectivity
 from ._probe import linear_probe
 from ._recovery import autoencoder, structure_recovery, superposition, variable_recovery
+from ._scvi import train_scvi
 from ._steer import steer
 from ._tokens import token_scores
 
@@ -38,5 +39,6 @@ __all__ = [
     "structure_recovery",
     "superposition",
     "token_scores",
+    "train_scvi",
     "variable_recovery",
 ]

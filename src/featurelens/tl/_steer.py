@@ -27,9 +27,10 @@ from .._core import (
 from ..models.decoders import CallableDecoder, LinearMapDecoder, RidgeDecoder
 from ..stats import PAIRED_METHODS, PairedResult, bh_adjust, paired_test
 from ..stats._contrast import log2_fold_change
+from ._scvi import check_scvi_model, scvi_effects
 
-METHODS = ("effect", *PAIRED_METHODS)
-DECODERS = ("linear", "pca")
+METHODS = ("effect", "posterior", *PAIRED_METHODS)
+DECODERS = ("linear", "pca", "scvi")
 
 
 def _subset_ctx(ctx: dict, idx: np.ndarray) -> dict:
@@ -200,7 +201,10 @@ def _cell_table(adata, idx, z, X0, X1, project) -> pd.DataFrame:
     return table
 
 
-def _check_steer_options(method, n_deseq, ridge_alpha, opts) -> None:
+def _check_steer_options(adata, decoder, method, scvi_model, n_deseq, ridge_alpha, opts) -> str:
+    """Validate the options and return the method (``None``: posterior for scVI, effect otherwise)."""
+    if method is None:
+        method = "posterior" if isinstance(decoder, str) and decoder == "scvi" else "effect"
     check_choice(method, "method", METHODS)
     check_positive_int(n_deseq, "n_deseq")
     check_int(opts["n_bootstrap"], "n_bootstrap", minimum=0)
@@ -208,6 +212,40 @@ def _check_steer_options(method, n_deseq, ridge_alpha, opts) -> None:
     if opts["pseudocount"] != "auto":
         check_positive(opts["pseudocount"], "pseudocount")
     check_nonnegative(ridge_alpha, "ridge_alpha")
+    is_scvi = isinstance(decoder, str) and decoder == "scvi"
+    if is_scvi:
+        check_scvi_model(scvi_model, adata)
+        check_positive_int(opts["n_samples"], "n_samples", minimum=2)
+        check_positive(opts["lfc_threshold"], "lfc_threshold")
+    elif scvi_model is not None:
+        raise ValueError(f"`scvi_model` is only used with decoder='scvi', got decoder={decoder!r}.")
+    if is_scvi != (method == "posterior"):
+        raise ValueError(
+            "decoder='scvi' is tested on posterior samples: use method='posterior' (the default with it); "
+            f"method='posterior' needs decoder='scvi'. Got decoder={decoder!r}, method={method!r}."
+        )
+    return method
+
+
+def _deterministic_effects(adata, decoder, X, X0, X1, method, opts) -> tuple[pd.DataFrame, object, bool, bool]:
+    """Decode the original and steered embeddings and build the gene table (linear, PCA or callable)."""
+    dec, is_log, do_clip = _decoder(
+        adata, decoder, layer=opts["layer"], rep=opts["rep"], X=X, ridge_alpha=opts["ridge_alpha"],
+        log1p=opts["log1p"], clip=opts["clip"],
+    )  # fmt: skip
+    P0, P1 = dec.predict(X0), dec.predict(X1)
+    if do_clip:
+        P0, P1 = np.maximum(P0, 0.0), np.maximum(P1, 0.0)
+    if not (np.isfinite(P0).all() and np.isfinite(P1).all()):
+        raise ValueError(f"The decoder {dec.name!r} produced non-finite expression values.")
+    genes = adata.var_names.astype(str)[dec.genes]
+    if method == "effect":
+        none = np.full(P0.shape[1], np.nan)
+        res = PairedResult((P1 - P0).mean(0), none, none, none)
+    else:
+        res = paired_test(P0, P1, method, genes=genes, n_deseq=opts["n_deseq"], random_state=opts["random_state"])
+    table = _gene_table(genes, P0, P1, is_log, res, dec.r2, opts, np.random.default_rng(opts["random_state"]))
+    return table, dec, is_log, do_clip
 
 
 @tool
@@ -224,7 +262,8 @@ def steer(
     scale: float | None = None,
     decoder: str | Callable = "linear",
     layer: str | None = None,
-    method: str = "effect",
+    method: str | None = None,
+    scvi_model=None,
     use_rep: str | None = None,
     centroids: str | None = None,
     ridge_alpha: float = 1.0,
@@ -234,6 +273,8 @@ def steer(
     n_bootstrap: int = 200,
     r2_min: float = 0.1,
     pseudocount: float | str = "auto",
+    n_samples: int = 100,
+    lfc_threshold: float = 0.25,
     random_state: int = 0,
     progress: bool = True,
     key_added: str | None = None,
@@ -281,7 +322,18 @@ def steer(
         per-gene test rejects for every gene and its p-values carry no information. Available for
         comparison: ``"t-test"`` (paired t-test), ``"wilcoxon"`` (signed-rank) or ``"deseq2"``
         (pydeseq2 on ``n_deseq`` random cells with the cell in the design, ``~ cell + condition``; needs
-        a decoder that predicts counts, which are rounded).
+        a decoder that predicts counts, which are rounded). With ``decoder="scvi"``: ``"posterior"``
+        (its default and only method), see ``scvi_model``.
+    scvi_model
+        A trained :class:`scvi.model.SCVI` on the genes of ``adata`` (e.g. from :func:`train_scvi`),
+        for ``decoder="scvi"``. For every steered cell, ``n_samples`` latent samples ``z ~ q(z | x)``
+        are decoded as they are and shifted by the steering; the log2 fold change of every sample and
+        cell is taken on expression per 10,000 counts with ``pseudocount``. As in scvi-tools'
+        ``mode="change"``, ``proba_de`` is the fraction with ``|LFC| > lfc_threshold``, ``pval`` is
+        ``1 - proba_de`` (the posterior probability of no change beyond the threshold, a local false
+        discovery rate) and ``padj`` the posterior expected FDR of the genes ranked at or above the gene
+        by ``proba_de``; the intervals are 95 % posterior intervals of the cell-averaged effects and the
+        table is sorted by ``padj``, then ``|log2fc|``.
     use_rep
         Embedding the dictionary reads (default: the one it was trained on).
     centroids
@@ -304,8 +356,13 @@ def steer(
     pseudocount
         Added to both mean expressions (linear scale) before the fold change (``"auto"``: 1, one count
         per 10,000 after ``sc.pp.normalize_total(target_sum=1e4)``), as in :func:`high_vs_low`.
+    n_samples
+        Posterior samples per cell with ``decoder="scvi"``.
+    lfc_threshold
+        ``|log2 fold change|`` a gene must exceed to count as changed with ``decoder="scvi"``
+        (scvi-tools' ``delta``).
     random_state
-        Seed for the DESeq2 subsample.
+        Seed of the bootstrap, the DESeq2 subsample and the posterior samples.
     {doc_progress}
     key_added
         Name of the run (default: the feature name).
@@ -320,7 +377,8 @@ def steer(
         One row per gene: ``gene``, ``mean_original``, ``mean_steered``, ``delta`` (mean paired
         difference) with its interval ``delta_low`` / ``delta_high``, ``log2fc`` (of the linear means,
         with ``pseudocount``) with ``log2fc_low`` / ``log2fc_high``, ``statistic``, ``pval``, ``padj``
-        (BH over genes; NaN for ``method="effect"``), ``direction``, the decoder's ``r2``,
+        (BH over genes; NaN for ``method="effect"``; with ``decoder="scvi"`` see ``scvi_model``, which also
+        adds ``proba_de``), ``direction``, the decoder's ``r2``,
         ``predictable`` (``r2 >= r2_min``) and ``rank``: the table is sorted predictable genes first,
         then by ``|delta|``.
     ``adata.uns[key]["steering"][name]["cells"]`` : :class:`pandas.DataFrame`
@@ -352,8 +410,12 @@ def steer(
     """
     from tqdm.auto import tqdm
 
-    opts = {"n_bootstrap": n_bootstrap, "r2_min": r2_min, "pseudocount": pseudocount}
-    _check_steer_options(method, n_deseq, ridge_alpha, opts)
+    opts = {
+        "n_bootstrap": n_bootstrap, "r2_min": r2_min, "pseudocount": pseudocount, "n_samples": n_samples,
+        "lfc_threshold": lfc_threshold, "layer": layer, "ridge_alpha": ridge_alpha, "log1p": log1p, "clip": clip,
+        "n_deseq": n_deseq, "random_state": random_state,
+    }  # fmt: skip
+    method = _check_steer_options(adata, decoder, method, scvi_model, n_deseq, ridge_alpha, opts)
     opts["pseudocount"] = 1.0 if pseudocount == "auto" else float(pseudocount)
     entry = get_entry(adata, key)
     f, fname = one_feature(entry, feature)
@@ -365,23 +427,15 @@ def steer(
     z_all = feature_column(adata, key, f)
     v = _steering_value(z_all, value, scale, fname)
     rep, X, X0, X1 = _steer_embedding(adata, entry, f, z_all[idx], idx, v, use_rep)
-    dec, is_log, do_clip = _decoder(
-        adata, decoder, layer=layer, rep=rep, X=X, ridge_alpha=ridge_alpha, log1p=log1p, clip=clip
-    )
-    P0, P1 = dec.predict(X0), dec.predict(X1)
-    if do_clip:
-        P0, P1 = np.maximum(P0, 0.0), np.maximum(P1, 0.0)
-    if not (np.isfinite(P0).all() and np.isfinite(P1).all()):
-        raise ValueError(f"The decoder {dec.name!r} produced non-finite expression values.")
+    opts["rep"] = rep
     bar.update(1)
     bar.set_description(f"steering: {method}")
-    genes = adata.var_names.astype(str)[dec.genes]
-    if method == "effect":
-        none = np.full(P0.shape[1], np.nan)
-        res = PairedResult((P1 - P0).mean(0), none, none, none)
+    if method == "posterior":
+        table, quality = scvi_effects(scvi_model, adata, idx, X0, X1, opts, progress=progress)
+        dec_name, is_log, do_clip = "scvi", False, False
     else:
-        res = paired_test(P0, P1, method, genes=genes, n_deseq=n_deseq, random_state=random_state)
-    table = _gene_table(genes, P0, P1, is_log, res, dec.r2, opts, np.random.default_rng(random_state))
+        table, dec, is_log, do_clip = _deterministic_effects(adata, decoder, X, X0, X1, method, opts)
+        dec_name, quality = dec.name, dec.quality
     bar.update(1)
     bar.set_description("steering: view")
     view, project = _view(X)
@@ -397,10 +451,12 @@ def steer(
     bar.close()
     out["params"] = tool_params(
         feature=fname, value=v, value_rule=value if isinstance(value, str) else "number", scale=scale,
-        n_cells=int(idx.size), decoder=dec.name, layer=layer, method=method, use_rep=rep, log1p=is_log,
+        n_cells=int(idx.size), decoder=dec_name, layer=layer, method=method, use_rep=rep, log1p=is_log,
         clip=do_clip, centroids=centroids, frac_nearest_changed=frac_changed, n_bootstrap=int(n_bootstrap),
         r2_min=float(r2_min), pseudocount=opts["pseudocount"],
         n_deseq=int(n_deseq) if method == "deseq2" else None, random_state=int(random_state),
-        **{f"decoder_{k}": val for k, val in dec.quality.items()},
+        n_samples=int(n_samples) if method == "posterior" else None,
+        lfc_threshold=float(lfc_threshold) if method == "posterior" else None,
+        **{f"decoder_{k}": val for k, val in quality.items()},
     )  # fmt: skip
     entry.setdefault("steering", {})[name] = out
