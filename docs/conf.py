@@ -116,6 +116,7 @@ else:
         "pandas": ("https://pandas.pydata.org/pandas-docs/stable/", None),
         "anndata": ("https://anndata.readthedocs.io/en/stable/", None),
         "scanpy": ("https://scanpy.readthedocs.io/en/stable/", None),
+        "sklearn": ("https://scikit-learn.org/stable/", None),
         "torch": ("https://docs.pytorch.org/docs/stable/", None),
     }
 

@@ -70,12 +70,12 @@ def test_n_comps_and_unit_norm(small_adata):
 
 def test_fewer_controls_than_dimensions_warns_and_regularises(small_adata):
     mask = np.zeros(small_adata.n_obs, bool)
-    mask[:8] = True  # 8 controls for 16 dimensions
+    mask[:8] = True  # 8 controls for 16 dimensions; the empirical covariance has rank 7
     with pytest.warns(UserWarning, match=r"Only 8 control cells for 16 dimensions.*n_comps<=7"):
-        fl.pp.whiten(small_adata, "X_emb", controls=mask)
+        fl.pp.whiten(small_adata, "X_emb", controls=mask, shrinkage=None)
     assert np.isfinite(small_adata.obsm["X_whitened"]).all()
     with warnings_none():
-        fl.pp.whiten(small_adata, "X_emb", controls=mask, n_comps=7, key_added="w7")
+        fl.pp.whiten(small_adata, "X_emb", controls=mask, n_comps=7, key_added="w7", shrinkage=None)
     Yc = small_adata.obsm["X_w7"][mask].astype(np.float64)
     np.testing.assert_allclose(np.cov(Yc, rowvar=False), np.eye(7), atol=1e-3)
 

@@ -6,7 +6,15 @@ AnnData objects and these modules.
 
 from .config import ICFLConfig, SAEConfig, TrainConfig
 from .icfl import BIAS_MODES, ICFL, SELECTIONS, pursuit
-from .preprocess import NORMALIZE_OPTIONS, Normalizer, Preprocess, Whitening, fit_whitening
+from .preprocess import (
+    NORMALIZE_OPTIONS,
+    SHRINKAGE_OPTIONS,
+    Normalizer,
+    Preprocess,
+    Whitening,
+    control_covariance,
+    fit_whitening,
+)
 from .sae import ARCHITECTURES, SparseAutoencoder, geometric_median
 from .train import DEAD_RATE, DeadTracker, TrainingDivergedError, TrainOutput, fit
 
@@ -17,6 +25,7 @@ __all__ = [
     "ICFL",
     "NORMALIZE_OPTIONS",
     "SELECTIONS",
+    "SHRINKAGE_OPTIONS",
     "DeadTracker",
     "ICFLConfig",
     "Normalizer",
@@ -27,6 +36,7 @@ __all__ = [
     "TrainOutput",
     "TrainingDivergedError",
     "Whitening",
+    "control_covariance",
     "fit",
     "fit_whitening",
     "geometric_median",

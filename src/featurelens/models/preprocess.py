@@ -5,7 +5,9 @@ themselves to plain dictionaries of arrays and scalars, which :mod:`featurelens.
 stores in ``adata.uns``. Two stages exist and are applied in this order:
 
 1. :class:`Whitening` (optional): PCA whitening fitted on control samples,
-   ``T(x) = Lambda^{-1/2} V^T (x - mu_c)`` (optionally followed by unit-norm scaling).
+   ``T(x) = Lambda^{-1/2} V^T (x - mu_c)`` (optionally followed by unit-norm scaling), where
+   ``V`` and ``Lambda`` come from the empirical or a shrunk control covariance
+   (:func:`control_covariance`).
 2. :class:`Normalizer`: one of ``"none"``, ``"center"``, ``"scale"``, ``"standardize"``,
    ``"unit"``.
 
@@ -16,12 +18,18 @@ steered embeddings can be mapped back into the space the user started from.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from numbers import Real
 
 import numpy as np
 
-from .._checks import check_choice
+from .._checks import check_choice, check_number
 
 NORMALIZE_OPTIONS = ("none", "center", "scale", "standardize", "unit")
+
+#: named estimators of the control covariance (``None`` and numbers in [0, 1] are accepted too)
+SHRINKAGE_OPTIONS = ("auto", "ledoit-wolf", "oas")
+#: ``shrinkage="auto"`` uses Ledoit-Wolf below this many controls per embedding dimension
+AUTO_CONTROLS_PER_DIM = 10
 
 _TINY = 1e-12
 
@@ -49,11 +57,16 @@ class Whitening:
         Principal axes of the control covariance as rows, shape ``(n_comps, d)``, sorted by
         decreasing variance.
     variances
-        Eigenvalues of the control covariance (``ddof=1``), shape ``(n_comps,)``.
+        Eigenvalues of the control covariance, shape ``(n_comps,)``.
     eps
         Added to every variance before taking the inverse square root.
     unit_norm
         Whether whitened rows are scaled to unit L2 norm afterwards.
+    covariance
+        Estimator of the control covariance: ``"empirical"`` (``ddof=1``), ``"ledoit-wolf"``,
+        ``"oas"`` or ``"shrunk"`` (a fixed shrinkage); see :func:`control_covariance`.
+    shrinkage_intensity
+        Shrinkage intensity ``alpha`` of that estimate (``0.0`` for ``"empirical"``).
     """
 
     mean: np.ndarray
@@ -61,6 +74,8 @@ class Whitening:
     variances: np.ndarray
     eps: float = 1e-6
     unit_norm: bool = False
+    covariance: str = "empirical"
+    shrinkage_intensity: float = 0.0
 
     @property
     def scales(self) -> np.ndarray:
@@ -98,18 +113,108 @@ class Whitening:
             "scales": self.scales.astype(np.float32),
             "eps": float(self.eps),
             "unit_norm": bool(self.unit_norm),
+            "covariance": str(self.covariance),
+            "shrinkage_intensity": float(self.shrinkage_intensity),
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> Whitening:
-        """Rebuild from :meth:`to_dict` output (extra keys are ignored)."""
+        """Rebuild from :meth:`to_dict` output (extra keys are ignored).
+
+        Entries written before the covariance was recorded were all fitted on the empirical one.
+        """
         return cls(
             mean=np.asarray(d["mean"], dtype=np.float64),
             components=np.asarray(d["components"], dtype=np.float64),
             variances=np.asarray(d["variances"], dtype=np.float64),
             eps=float(d["eps"]),
             unit_norm=bool(d["unit_norm"]),
+            covariance=str(d.get("covariance", "empirical")),
+            shrinkage_intensity=float(d.get("shrinkage_intensity", 0.0)),
         )
+
+
+def check_shrinkage(shrinkage) -> str | float | None:
+    """Validate a ``shrinkage=`` option: one of :data:`SHRINKAGE_OPTIONS`, ``None`` or a number in [0, 1].
+
+    Returns the option, numbers as :class:`float`.
+
+    Raises
+    ------
+    ValueError
+        For any other value (``bool`` included), and for numbers outside [0, 1].
+    """
+    if isinstance(shrinkage, Real) and not isinstance(shrinkage, bool):
+        return check_number(shrinkage, "shrinkage", minimum=0.0, maximum=1.0)
+    try:
+        return check_choice(shrinkage, "shrinkage", SHRINKAGE_OPTIONS, none=True)
+    except ValueError as err:
+        raise ValueError(f"{err} A number in [0, 1] (a fixed shrinkage intensity) is accepted too.") from None
+
+
+def resolve_shrinkage(shrinkage, n: int, d: int) -> str | float | None:
+    """The estimator ``shrinkage`` stands for with ``n`` controls in ``d`` dimensions.
+
+    ``"auto"`` becomes ``"ledoit-wolf"`` when ``n < AUTO_CONTROLS_PER_DIM * d`` and ``None``
+    (the empirical covariance) otherwise; every other valid value is returned as it is.
+    """
+    shrinkage = check_shrinkage(shrinkage)
+    if shrinkage == "auto":
+        return "ledoit-wolf" if n < AUTO_CONTROLS_PER_DIM * d else None
+    return shrinkage
+
+
+def control_covariance(Xc: np.ndarray, shrinkage="auto") -> tuple[np.ndarray, str, float]:
+    """Estimate the covariance of the control rows ``Xc`` (samples x dimensions).
+
+    Parameters
+    ----------
+    Xc
+        The control samples, at least two rows (not centred: every estimator centres on their mean).
+    shrinkage
+        ``None``: the empirical covariance with ``ddof=1`` (:func:`numpy.cov`).
+        ``"ledoit-wolf"`` / ``"oas"``: :class:`sklearn.covariance.LedoitWolf` /
+        :class:`sklearn.covariance.OAS`, which choose the intensity ``alpha`` from the data.
+        A number ``alpha`` in [0, 1]: :class:`sklearn.covariance.ShrunkCovariance` with
+        ``shrinkage=alpha``. ``"auto"``: Ledoit-Wolf when there are fewer than 10 controls per
+        dimension, otherwise empirical (:func:`resolve_shrinkage`).
+
+        The shrunk estimates are scikit-learn's, unchanged: ``(1 - alpha) S + alpha (tr(S) / d) I``
+        with ``S`` the maximum-likelihood covariance (``ddof=0``) around the control mean
+        (``assume_centered=False``). So ``shrinkage=0.0`` is ``S`` and differs from ``None``
+        (``ddof=1``) by the factor ``(n - 1) / n``.
+
+    Returns
+    -------
+    The ``(d, d)`` covariance, the estimator used (``"empirical"``, ``"ledoit-wolf"``, ``"oas"`` or
+    ``"shrunk"``) and the shrinkage intensity ``alpha`` (``0.0`` for ``"empirical"``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from featurelens.models.preprocess import control_covariance
+    >>> Xc = np.random.default_rng(0).normal(size=(24, 20))
+    >>> cov, used, alpha = control_covariance(Xc)  # 24 controls < 10 x 20 dimensions
+    >>> used, cov.shape, bool(0 < alpha < 1)
+    ('ledoit-wolf', (20, 20), True)
+    """
+    Xc = np.asarray(Xc, dtype=np.float64)
+    n, d = Xc.shape
+    if n < 2:
+        raise ValueError(f"A control covariance needs at least 2 control samples, got {n}.")
+    method = resolve_shrinkage(shrinkage, n, d)
+    if method is None:
+        return np.cov(Xc - Xc.mean(axis=0), rowvar=False, ddof=1).reshape(d, d), "empirical", 0.0
+    from sklearn.covariance import OAS, LedoitWolf, ShrunkCovariance
+
+    opts = {"store_precision": False, "assume_centered": False}
+    if isinstance(method, float):
+        est, used = ShrunkCovariance(shrinkage=method, **opts), "shrunk"
+    else:
+        est, used = (LedoitWolf if method == "ledoit-wolf" else OAS)(**opts), method
+    est.fit(Xc)
+    alpha = method if used == "shrunk" else float(est.shrinkage_)
+    return np.asarray(est.covariance_, dtype=np.float64).reshape(d, d), used, alpha
 
 
 def fit_whitening(
@@ -119,6 +224,7 @@ def fit_whitening(
     n_comps: int | None = None,
     eps: float = 1e-6,
     unit_norm: bool = False,
+    shrinkage: str | float | None = "auto",
 ) -> Whitening:
     """Fit PCA whitening on the control rows of ``X``.
 
@@ -134,11 +240,30 @@ def fit_whitening(
         Regulariser added to every eigenvalue.
     unit_norm
         Scale whitened rows to unit norm.
+    shrinkage
+        Estimator of the control covariance (see :func:`control_covariance`): ``"auto"``
+        (default: Ledoit-Wolf with fewer than ``10 * d`` controls, else empirical),
+        ``"ledoit-wolf"``, ``"oas"``, a fixed intensity in [0, 1], or ``None`` for the empirical
+        covariance (``ddof=1``, the only estimator before ``shrinkage`` existed). With few
+        controls the default therefore gives a different whitening than earlier versions.
 
     Returns
     -------
-    The fitted :class:`Whitening`. Eigenvector signs are fixed so that the largest absolute
-    loading of every component is positive, which makes the result reproducible.
+    The fitted :class:`Whitening`, with the estimator used and its shrinkage intensity in
+    ``covariance`` and ``shrinkage_intensity``. Eigenvector signs are fixed so that the largest
+    absolute loading of every component is positive, which makes the result reproducible.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from featurelens.models.preprocess import fit_whitening
+    >>> X = np.random.default_rng(0).normal(size=(300, 20))
+    >>> controls = np.arange(300) < 30
+    >>> w = fit_whitening(X, controls)  # 30 controls for 20 dimensions: Ledoit-Wolf
+    >>> w.covariance, w.transform(X).shape
+    ('ledoit-wolf', (300, 20))
+    >>> fit_whitening(X, controls, shrinkage=None).covariance
+    'empirical'
     """
     X = np.asarray(X, dtype=np.float64)
     controls = np.asarray(controls, dtype=bool)
@@ -150,7 +275,7 @@ def fit_whitening(
     if not 1 <= n_comps <= d:
         raise ValueError(f"`n_comps` must be between 1 and the embedding dimension {d}, got {n_comps}.")
     mean = Xc.mean(axis=0)
-    cov = np.cov(Xc - mean, rowvar=False, ddof=1).reshape(d, d)
+    cov, used, alpha = control_covariance(Xc, shrinkage)
     evals, evecs = np.linalg.eigh(cov)
     order = np.argsort(evals)[::-1][:n_comps]
     evals = np.clip(evals[order], 0.0, None)
@@ -164,7 +289,10 @@ def fit_whitening(
     comps = evecs[:, order].T
     flip = np.sign(comps[np.arange(n_comps), np.abs(comps).argmax(axis=1)])
     comps *= np.where(flip == 0, 1.0, flip)[:, None]
-    return Whitening(mean=mean, components=comps, variances=evals, eps=float(eps), unit_norm=bool(unit_norm))
+    return Whitening(
+        mean=mean, components=comps, variances=evals, eps=float(eps), unit_norm=bool(unit_norm),
+        covariance=used, shrinkage_intensity=alpha,
+    )  # fmt: skip
 
 
 @dataclass

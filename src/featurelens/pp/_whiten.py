@@ -25,7 +25,14 @@ from .._core import (
     warn,
 )
 from .._core._dictionary import WHITEN_METHOD
-from ..models.preprocess import NORMALIZE_OPTIONS, Normalizer, Whitening, fit_whitening
+from ..models.preprocess import (
+    NORMALIZE_OPTIONS,
+    Normalizer,
+    Whitening,
+    check_shrinkage,
+    fit_whitening,
+    resolve_shrinkage,
+)
 
 
 def _mask_from_controls(adata: AnnData, controls: Any) -> np.ndarray:
@@ -85,7 +92,7 @@ def _stale_dictionaries(adata: AnnData, obsm_key: str) -> list[str]:
     return [k for k in dictionary_keys(adata) if adata.uns[k]["params"].get("use_rep") == obsm_key]
 
 
-def _whitening_params(use_rep, obsm_key, control_key, control_value, n_ctrl, white, eps, unit_norm) -> dict:
+def _whitening_params(use_rep, obsm_key, control_key, control_value, n_ctrl, white, shrinkage) -> dict:
     value = (
         json.dumps([plain(v) for v in control_value])
         if isinstance(control_value, list | tuple | np.ndarray | pd.Index)
@@ -93,12 +100,17 @@ def _whitening_params(use_rep, obsm_key, control_key, control_value, n_ctrl, whi
     )
     return tool_params(
         method=WHITEN_METHOD, use_rep=use_rep, obsm_key=obsm_key, control_key=control_key, control_value=value,
-        n_controls=n_ctrl, n_comps=white.n_comps, eps=eps, unit_norm=unit_norm,
+        n_controls=n_ctrl, n_comps=white.n_comps, eps=white.eps, unit_norm=white.unit_norm, shrinkage=shrinkage,
+        covariance=white.covariance, shrinkage_intensity=white.shrinkage_intensity,
     )  # fmt: skip
 
 
-def _check_controls(n_ctrl: int, d: int, n_comps, eps: float) -> int:
-    """The number of components kept; warns when the controls cannot support them."""
+def _check_controls(n_ctrl: int, d: int, n_comps, eps: float, shrunk: bool) -> int:
+    """The number of components kept; warns when the controls cannot support them.
+
+    ``shrunk``: the covariance is shrunk towards a multiple of the identity, so it has full rank
+    even with fewer controls than dimensions.
+    """
     if n_ctrl < 2:
         raise ValueError(
             f"Whitening needs at least 2 control cells, found {n_ctrl}. Check `control_key`/`control_value`."
@@ -107,14 +119,19 @@ def _check_controls(n_ctrl: int, d: int, n_comps, eps: float) -> int:
         raise ValueError(f"`n_comps` must be between 1 and the embedding dimension {d}, got {n_comps!r}.")
     kept = d if n_comps is None else int(n_comps)
     rank = n_ctrl - 1
+    if shrunk:
+        return kept
     if kept > rank and eps == 0:
-        raise ValueError("With eps=0 and fewer controls than dimensions the whitening is singular; set eps > 0.")
+        raise ValueError(
+            "With eps=0 and fewer controls than dimensions the whitening is singular; set eps > 0 or shrink the "
+            "covariance (shrinkage='ledoit-wolf')."
+        )
     if kept > rank:
         warn(
             f"Only {n_ctrl} control cells for {d} dimensions: the control covariance has rank at most {rank}, so "
             f"{kept - rank} of the {kept} whitened directions have no control variance and are regularised with "
             f"eps={eps:g} (which amplifies them by up to {1 / np.sqrt(eps):.3g}x). "
-            f"Pass n_comps<={rank} to drop them, or a larger eps."
+            f"Pass n_comps<={rank} to drop them, a larger eps, or shrinkage='ledoit-wolf'."
         )
     return kept
 
@@ -130,6 +147,7 @@ def whiten(
     controls: Any = None,
     n_comps: int | None = None,
     eps: float = 1e-6,
+    shrinkage: str | float | None = "auto",
     unit_norm: bool = False,
     key_added: str | None = None,
 ) -> None:
@@ -138,9 +156,15 @@ def whiten(
     Every row is centred on the mean of the control cells ``mu_c`` and mapped with
     ``T(x) = Lambda^{-1/2} V^T (x - mu_c)``, where ``V`` and ``Lambda`` are the eigenvectors and
     eigenvalues of the control covariance (``eps`` is added to every eigenvalue). The controls
-    then have zero mean and identity covariance, so directions in which perturbations differ
-    from controls stand out. Optionally rows are scaled to unit norm afterwards. This is the
-    preprocessing of the ICFL paper (Donhauser et al. 2025, sec. 4.1).
+    then have zero mean and (with the empirical covariance) identity covariance, so directions
+    in which perturbations differ from controls stand out. Optionally rows are scaled to unit
+    norm afterwards. This is the preprocessing of the ICFL paper (Donhauser et al. 2025, sec. 4.1).
+
+    With few controls the empirical covariance is noisy: its smallest eigenvalues are too small,
+    and whitening amplifies exactly those directions. By default (``shrinkage="auto"``) the
+    covariance is therefore shrunk towards a multiple of the identity (Ledoit-Wolf) when there
+    are fewer than 10 controls per dimension. This changes the result compared with earlier
+    versions, which always used the empirical covariance; pass ``shrinkage=None`` to get that.
 
     Re-whitening under a key that dictionaries were trained on replaces the whitened embedding;
     those dictionaries keep their own copy of the previous whitening, which
@@ -164,6 +188,22 @@ def whiten(
     eps
         Regulariser added to every eigenvalue before the inverse square root (``0`` only when the
         controls vary along every kept direction).
+    shrinkage
+        Estimator of the control covariance:
+
+        - ``"auto"`` (default): ``"ledoit-wolf"`` when the number of controls ``n`` is below
+          ``10 * d`` (``d`` the embedding dimension), otherwise the empirical covariance.
+        - ``"ledoit-wolf"`` / ``"oas"``: :class:`sklearn.covariance.LedoitWolf` /
+          :class:`sklearn.covariance.OAS`, shrinkage intensity chosen from the data.
+        - a number ``alpha`` in [0, 1]: :class:`sklearn.covariance.ShrunkCovariance` with
+          ``shrinkage=alpha``.
+        - ``None``: the empirical covariance (:func:`numpy.cov`, ``ddof=1``), the only estimator
+          of earlier versions.
+
+        The shrunk estimates are scikit-learn's, ``(1 - alpha) S + alpha (tr(S) / d) I`` with
+        ``S`` the maximum-likelihood covariance (``ddof=0``) around the control mean. With a
+        shrunk covariance the whitened controls have zero mean but not exactly identity
+        covariance, and fewer controls than dimensions need no ``n_comps`` or ``eps`` cap.
     unit_norm
         Scale whitened rows to unit L2 norm.
     key_added
@@ -179,8 +219,11 @@ def whiten(
     ``adata.obsm[f"X_{key_added}"]`` : :class:`numpy.ndarray` (n_obs, n_comps), float32
         The whitened embedding.
     ``adata.uns[key_added]`` : :class:`dict`
-        ``"params"`` (options, number of controls), ``"mean"`` (control mean, d),
-        ``"components"`` (n_comps x d), ``"variances"`` and ``"scales"`` (n_comps).
+        ``"params"`` (options, number of controls; ``"shrinkage"`` as requested, ``"covariance"``
+        the estimator used: ``"empirical"``, ``"ledoit-wolf"``, ``"oas"`` or ``"shrunk"``, and
+        ``"shrinkage_intensity"`` its intensity, 0.0 for empirical), ``"mean"`` (control mean, d),
+        ``"components"`` (n_comps x d), ``"variances"`` (eigenvalues of the estimated covariance)
+        and ``"scales"`` (n_comps), ``"covariance"`` and ``"shrinkage_intensity"`` again.
         :func:`featurelens.pp.apply_whitening` applies the same map to new data, and the
         dictionary learners record it so :func:`featurelens.tl.encode` can repeat it.
 
@@ -192,17 +235,24 @@ def whiten(
     >>> ctrl = adata.obsm["X_whitened"][(adata.obs["condition"] == "CTRL").to_numpy()]
     >>> bool(abs(ctrl.mean(0)).max() < 1e-3)
     True
+    >>> adata.uns["whitened"]["params"]["covariance"]  # about 1,000 controls for 30 PCs
+    'empirical'
+    >>> fl.pp.whiten(adata, "X_pca", control_key="condition", control_value="CTRL", shrinkage="oas", key_added="oas")
+    >>> 0 < adata.uns["oas"]["params"]["shrinkage_intensity"] < 1
+    True
     """
     key = stem(key_added, "whitened")
     obsm_key = f"X_{key}"
     check_nonnegative(eps, "eps")
     check_bool(unit_norm, "unit_norm")
+    shrinkage = check_shrinkage(shrinkage)
     X = embedding(adata, use_rep)
     claim(adata, key, kind="whitening", inputs=[use_rep])
     mask = _control_mask(adata, control_key, control_value, controls)
     n_ctrl = int(mask.sum())
-    _check_controls(n_ctrl, X.shape[1], n_comps, eps)
-    white = fit_whitening(X, mask, n_comps=n_comps, eps=eps, unit_norm=unit_norm)
+    method = resolve_shrinkage(shrinkage, n_ctrl, X.shape[1])
+    _check_controls(n_ctrl, X.shape[1], n_comps, eps, shrunk=method is not None and method != 0.0)
+    white = fit_whitening(X, mask, n_comps=n_comps, eps=eps, unit_norm=unit_norm, shrinkage=shrinkage)
     Y = white.transform(X)
     stale = [k for k in _stale_dictionaries(adata, obsm_key) if is_whitening(adata.uns.get(key))]
     if stale:
@@ -212,7 +262,7 @@ def whiten(
         )
     adata.obsm[obsm_key] = Y
     entry = white.to_dict()
-    entry["params"] = _whitening_params(use_rep, obsm_key, control_key, control_value, n_ctrl, white, eps, unit_norm)
+    entry["params"] = _whitening_params(use_rep, obsm_key, control_key, control_value, n_ctrl, white, shrinkage)
     adata.uns[key] = entry
 
 
