@@ -264,9 +264,13 @@ def test_enrichment_agrees_with_gseapy_enrich(kang_enriched):
     adata = kang_enriched
     _, ids, M, terms = _membership_for(adata)
     res = adata.uns["sae"]["enrichment"]["results"]
-    feat = res.loc[res["test"] == "binomial_up", "feature"].astype(str).value_counts().index[0]
+    summary = adata.uns["sae"]["enrichment"]["summary"]
+    strict = summary.index[summary["deg_rule"].astype(str).str.contains("log2fc")].astype(str)
+    up_terms = res.loc[(res["test"] == "binomial_up") & res["feature"].astype(str).isin(strict), "feature"]
+    feat = up_terms.astype(str).value_counts().index[0]  # the feature with most terms, by the strict DEG rule
     dge = fl.get.dge(adata, "sae", feat)
     up = sorted(set(dge[(dge["padj"] < 1e-5) & (dge["log2fc"] >= 1)]["gene"].astype(str)) & set(ids))
+    assert len(up) >= 10
     sets = {t: ids[M[:, j].indices].tolist() for j, t in enumerate(terms["term"])}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

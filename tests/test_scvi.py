@@ -64,7 +64,9 @@ def test_bayesian_fdr_matches_scvi_rule():
 def test_steer_scvi_finds_the_interferon_response(kang_scvi):
     adata, model, f, v = kang_scvi
     adata = adata.copy()
+    n_managers = len(model._per_instance_manager_store[model.id])
     fl.tl.steer(adata, "sae", f"f{f}", **CTRL_MONO, value=v, decoder="scvi", scvi_model=model, progress=False)
+    assert len(model._per_instance_manager_store[model.id]) == n_managers  # no setup left behind
     table = fl.get.steering(adata, "sae", f"f{f}")
     params = adata.uns["sae"]["steering"][f"f{f}"]["params"]
     assert params["method"] == "posterior" and params["decoder"] == "scvi" and params["n_samples"] == 100

@@ -244,30 +244,12 @@ def scvi_effects(model, adata: AnnData, idx: np.ndarray, X0: np.ndarray, X1: np.
     beyond the threshold, a local false discovery rate) and ``padj`` the posterior expected FDR.
     Intervals are 95 % posterior intervals of the cell-averaged ``delta`` and ``log2fc``.
     """
-    from tqdm.auto import tqdm
-
-    S, G, pc = int(opts["n_samples"]), adata.n_vars, opts["pseudocount"]
+    S = int(opts["n_samples"])
     sub = _cells(adata, idx)
-    mismatch = _latent_mismatch(model.get_latent_representation(sub), X0)
-    if mismatch > 0.05:
-        raise ValueError(
-            f"The dictionary's embedding is not this scVI model's latent space: adata.obsm differs from the "
-            f"model's latent means of the steered cells by {mismatch:.0%} (median relative distance). Train the "
-            "dictionary on model.get_latent_representation() (fl.tl.train_scvi stores it in obsm['X_scVI'])."
-        )
-    acc = {k: np.zeros(G) for k in ("e0", "e1", "lfc", "de")}
-    per_s_lfc, per_s_delta = np.zeros((S, G)), np.zeros((S, G))
-    bar = tqdm(total=idx.size, desc="steering: scVI posterior", disable=not progress, leave=False)
-    for e0, e1 in _posterior_blocks(model, sub, X1 - X0, S, opts["random_state"]):
-        lfc = np.log2(e1 + pc) - np.log2(e0 + pc)
-        acc["e0"] += e0.sum((0, 1))
-        acc["e1"] += e1.sum((0, 1))
-        acc["lfc"] += lfc.sum((0, 1))
-        acc["de"] += (np.abs(lfc) > opts["lfc_threshold"]).sum((0, 1))
-        per_s_lfc += lfc.sum(1)
-        per_s_delta += (e1 - e0).sum(1)
-        bar.update(e0.shape[1])
-    bar.close()
+    try:
+        acc, per_s_lfc, per_s_delta, mismatch = _accumulate(model, sub, X0, X1, opts, progress)
+    finally:
+        _forget(model, sub)
     n = float(idx.size)
     proba = acc["de"] / (n * S)
     delta = (acc["e1"] - acc["e0"]) / (n * S)
@@ -289,6 +271,43 @@ def scvi_effects(model, adata: AnnData, idx: np.ndarray, X0: np.ndarray, X1: np.
     table["rank"] = np.arange(1, len(table) + 1)
     quality = {"latent_mismatch": mismatch, "n_samples": S, "lfc_threshold": float(opts["lfc_threshold"])}
     return table, quality
+
+
+def _accumulate(model, sub: AnnData, X0: np.ndarray, X1: np.ndarray, opts: dict, progress: bool):
+    """Sums over posterior samples and cells of the expression, the LFC and the changed indicator."""
+    from tqdm.auto import tqdm
+
+    S, G, pc = int(opts["n_samples"]), sub.n_vars, opts["pseudocount"]
+    mismatch = _latent_mismatch(model.get_latent_representation(sub), X0)
+    if mismatch > 0.05:
+        raise ValueError(
+            f"The dictionary's embedding is not this scVI model's latent space: adata.obsm differs from the "
+            f"model's latent means of the steered cells by {mismatch:.0%} (median relative distance). Train the "
+            "dictionary on model.get_latent_representation() (fl.tl.train_scvi stores it in obsm['X_scVI'])."
+        )
+    acc = {k: np.zeros(G) for k in ("e0", "e1", "lfc", "de")}
+    per_s_lfc, per_s_delta = np.zeros((S, G)), np.zeros((S, G))
+    bar = tqdm(total=sub.n_obs, desc="steering: scVI posterior", disable=not progress, leave=False)
+    for e0, e1 in _posterior_blocks(model, sub, X1 - X0, S, opts["random_state"]):
+        lfc = np.log2(e1 + pc) - np.log2(e0 + pc)
+        acc["e0"] += e0.sum((0, 1))
+        acc["e1"] += e1.sum((0, 1))
+        acc["lfc"] += lfc.sum((0, 1))
+        acc["de"] += (np.abs(lfc) > opts["lfc_threshold"]).sum((0, 1))
+        per_s_lfc += lfc.sum(1)
+        per_s_delta += (e1 - e0).sum(1)
+        bar.update(e0.shape[1])
+    bar.close()
+    return acc, per_s_lfc, per_s_delta, mismatch
+
+
+def _forget(model, sub: AnnData) -> None:
+    """Drop the setup scvi-tools registered for the temporary AnnData, so repeated runs hold no memory."""
+    uuid = sub.uns.get("_scvi_uuid")
+    if uuid is None:  # pragma: no cover - nothing was registered
+        return
+    model._per_instance_manager_store.get(model.id, {}).pop(uuid, None)
+    model._setup_adata_manager_store.pop(uuid, None)
 
 
 def _cells(adata: AnnData, idx: np.ndarray) -> AnnData:
