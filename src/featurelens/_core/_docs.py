@@ -36,6 +36,16 @@ SNIPPETS: dict[str, str] = {
     "adjusted": (
         "adjusted\n        Apply ``pval_cutoff`` to the Benjamini-Hochberg adjusted p-value instead of the raw one."
     ),
+    "checkpoint": (
+        "checkpoint, checkpoint_every, resume\n"
+        "        Write the whole training state (weights, optimiser, step, batch order, random generators,\n"
+        "        dead-feature counts, history; ``torch.save`` of tensors and plain types, read back with\n"
+        "        ``weights_only=True``) to the file ``checkpoint`` every ``checkpoint_every`` steps and at the\n"
+        "        end, replacing it atomically, so an interrupted run (Ctrl-C, a killed job) leaves a usable\n"
+        "        checkpoint and ``adata`` unchanged. Call again with the same options and ``resume=True`` to\n"
+        "        continue from it: on the CPU the result equals that of an uninterrupted run. A checkpoint of\n"
+        "        another run (options, data shape or featurelens version) is refused with the difference."
+    ),
     "ax": "ax\n        Axes to draw into (default: a new figure).",
     "show": "show\n        Show the figure (default: when matplotlib is interactive).",
     "return_fig": "return_fig\n        Return the figure instead of the Axes.",

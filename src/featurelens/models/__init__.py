@@ -16,7 +16,7 @@ from .preprocess import (
     fit_whitening,
 )
 from .sae import ARCHITECTURES, SparseAutoencoder, geometric_median
-from .train import DEAD_RATE, DeadTracker, TrainingDivergedError, TrainOutput, fit
+from .train import DEAD_RATE, CheckpointError, DeadTracker, TrainingDivergedError, TrainOutput, fit, load_checkpoint
 
 __all__ = [
     "ARCHITECTURES",
@@ -26,6 +26,7 @@ __all__ = [
     "NORMALIZE_OPTIONS",
     "SELECTIONS",
     "SHRINKAGE_OPTIONS",
+    "CheckpointError",
     "DeadTracker",
     "ICFLConfig",
     "Normalizer",
@@ -40,5 +41,6 @@ __all__ = [
     "fit",
     "fit_whitening",
     "geometric_median",
+    "load_checkpoint",
     "pursuit",
 ]

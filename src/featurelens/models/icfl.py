@@ -369,6 +369,16 @@ class ICFL(nn.Module):
             self.n_resets += n
         return n
 
+    # ------------------------------------------------------------------ checkpoints
+    def extra_state(self) -> dict:
+        """State outside the parameters that a resumed run needs: the reset generator and count."""
+        return {"generator": self.generator.get_state(), "n_resets": int(self.n_resets)}
+
+    def load_extra_state(self, state: dict) -> None:
+        """Restore :meth:`extra_state`."""
+        self.generator.set_state(state["generator"])
+        self.n_resets = int(state["n_resets"])
+
     # ------------------------------------------------------------------ storage
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Weights as float32 arrays: ``decoder`` (M, d) and ``decoder_bias`` (d,)."""

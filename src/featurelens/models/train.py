@@ -9,13 +9,19 @@ A learner is an ``nn.Module`` with
 
 :func:`fit` samples batches without replacement epoch by epoch, runs Adam with a short linear
 warm-up and a linear decay over the last fifth of training, tracks dead features, logs a
-history, shows a progress bar and refuses to apply a non-finite update.
+history, shows a progress bar and refuses to apply a non-finite update. With ``checkpoint=``
+it writes the whole training state (weights, optimiser and schedule, step, batch order, random
+generators, dead-feature counts, history) every ``checkpoint_every`` steps, and ``resume=True``
+continues from it: on the CPU the resumed run ends with the same weights as an uninterrupted one.
+A learner may add state of its own through ``extra_state()`` / ``load_extra_state(state)``.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -92,6 +98,192 @@ class DeadTracker:
         return float((self.rate() < DEAD_RATE).double().mean())
 
 
+CHECKPOINT_FORMAT = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be written, or that belongs to another run."""
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("featurelens")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "unknown"
+
+
+def check_checkpoint_path(path, *, resume: bool) -> Path:
+    """Refuse a checkpoint path that cannot be written (or, with ``resume``, that does not exist).
+
+    Parameters
+    ----------
+    path
+        The checkpoint file.
+    resume
+        Whether the run resumes from it (it must then exist).
+
+    Returns
+    -------
+    The path, with ``~`` expanded.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> check_checkpoint_path(tempfile.gettempdir() + "/run.pt", resume=False).name
+    'run.pt'
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        example = str(path / "run.pt")
+        raise CheckpointError(f"`checkpoint` {str(path)!r} is a directory; pass a file path, e.g. {example!r}.")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise CheckpointError(f"The folder of `checkpoint` {str(path)!r} does not exist; create {str(parent)!r} first.")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise CheckpointError(f"`checkpoint` {str(path)!r} is not writable; pass a path in a folder you can write to.")
+    if resume and not path.is_file():
+        raise CheckpointError(
+            f"resume=True but there is no checkpoint at {str(path)!r}; pass resume=False to start a new run there."
+        )
+    return path
+
+
+@dataclass
+class _LoopState:
+    step: int
+    perm: torch.Tensor
+    pos: int
+    seen: int
+    history: list[dict]
+
+
+def _save_checkpoint(path: Path, loop: _LoopState, model, optimizer, scheduler, tracker, generator, run: dict) -> None:
+    """Write the training state atomically (a file next to it, then renamed over it)."""
+    extra = model.extra_state() if hasattr(model, "extra_state") else {}
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "featurelens_version": _version(),
+        "run": dict(run),
+        "step": int(loop.step),
+        "pos": int(loop.pos),
+        "seen": int(loop.seen),
+        "perm": loop.perm.cpu(),
+        "history": [dict(r) for r in loop.history],
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "tracker": {
+            "since": tracker.since.cpu(),
+            "count": tracker.count.cpu(),
+            "seen": int(tracker.seen),
+            "last_rate": None if tracker.last_rate is None else tracker.last_rate.cpu(),
+        },
+        "generator": generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "extra": extra,
+    }
+    tmp = path.with_name(path.name + ".partial")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path, run: dict) -> dict:
+    """Read a training checkpoint written by :func:`fit` and check that it belongs to ``run``.
+
+    Parameters
+    ----------
+    path
+        The checkpoint file.
+    run
+        Values that identify the run (e.g. ``{"n_steps": 1000}``); every one must equal the value the
+        checkpoint recorded.
+
+    Returns
+    -------
+    The checkpoint: ``step`` (steps done), ``run``, ``history``, ``model`` (the state dict), ``optimizer``,
+    ``scheduler``, ``tracker``, the generator states and ``featurelens_version``. It is read with
+    ``torch.load(..., weights_only=True)``: tensors and plain types only.
+
+    Raises
+    ------
+    CheckpointError
+        When the file is not a readable checkpoint, was written by another featurelens version, or
+        records other values for a key of ``run`` (the message lists them).
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import featurelens as fl
+    >>> adata = fl.datasets.kang2018(preprocess=True)
+    >>> path = os.path.join(tempfile.mkdtemp(), "run.pt")
+    >>> fl.tl.sae(adata, "X_pca", n_features=32, n_steps=20, checkpoint=path, progress=False)
+    >>> load_checkpoint(path, {"n_steps": 20, "n_features": 32})["step"]
+    20
+    """
+    try:
+        state = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # any unreadable file gets the same message
+        raise CheckpointError(f"Cannot read the checkpoint {str(path)!r} ({type(err).__name__}: {err}).") from err
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{str(path)!r} is not a featurelens training checkpoint (format {CHECKPOINT_FORMAT}).")
+    if state.get("featurelens_version") != _version():
+        raise CheckpointError(
+            f"The checkpoint {str(path)!r} was written by featurelens {state.get('featurelens_version')}, this is "
+            f"{_version()}; resume with that version, or pass resume=False to train anew."
+        )
+    theirs = state.get("run", {})
+    diff = {k: (theirs.get(k), v) for k, v in run.items() if theirs.get(k) != v}
+    if diff:
+        what = ", ".join(f"{k} {a!r} in the checkpoint vs {b!r} here" for k, (a, b) in diff.items())
+        raise CheckpointError(
+            f"The checkpoint {str(path)!r} belongs to another run ({what}). Pass the same options to resume it, or "
+            "resume=False to train anew (the checkpoint is then overwritten)."
+        )
+    return state
+
+
+def _restore(state: dict, model, optimizer, scheduler, tracker, generator) -> _LoopState:
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    dev = tracker.since.device
+    tr = state["tracker"]
+    tracker.since, tracker.count, tracker.seen = tr["since"].to(dev), tr["count"].to(dev), int(tr["seen"])
+    tracker.last_rate = None if tr["last_rate"] is None else tr["last_rate"].to(dev)
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    if hasattr(model, "load_extra_state"):
+        model.load_extra_state(state["extra"])
+    return _LoopState(int(state["step"]), state["perm"], int(state["pos"]), int(state["seen"]), list(state["history"]))
+
+
+def _backward(model, optimizer, xb, dead_mask, *, step: int, lr: float, history: list[dict]) -> TrainOutput:
+    """Loss and gradients of one batch; raises before any update when either is not finite."""
+    out = model.training_output(xb, dead_mask)
+    loss = out.loss
+    if not bool(torch.isfinite(loss)):
+        raise TrainingDivergedError(
+            f"Training diverged at step {step}: the loss is {float(loss.detach())}. The model keeps the "
+            f"weights it had before this step. Lower the learning rate (lr={lr:g}) or check the scale of the "
+            "input (normalize=...).",
+            step=step,
+            history=history,
+        )
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+        raise TrainingDivergedError(
+            f"Training diverged at step {step}: a gradient is NaN or infinite. The model keeps the "
+            f"weights it had before this step. Lower the learning rate (lr={lr:g}).",
+            step=step,
+            history=history,
+        )
+    return out
+
+
 def _lr_lambda(n_steps: int, warmup: int):
     decay_start = int(0.8 * n_steps)
 
@@ -117,6 +309,10 @@ def fit(
     log_every: int = 0,
     progress: bool = True,
     desc: str = "training",
+    checkpoint=None,
+    checkpoint_every: int = 1000,
+    resume: bool = False,
+    run: dict | None = None,
 ) -> tuple[list[dict], DeadTracker]:
     """Train ``model`` on the rows of ``X`` (already on the model's device).
 
@@ -142,6 +338,16 @@ def fit(
         Show a tqdm progress bar.
     desc
         Progress-bar label.
+    checkpoint
+        File to write the training state to every ``checkpoint_every`` steps and at the end
+        (``torch.save`` of tensors and plain types, replaced atomically); ``None``: no checkpoint.
+    checkpoint_every
+        Steps between checkpoints.
+    resume
+        Continue from ``checkpoint`` (which must exist and belong to the same ``run``).
+    run
+        Plain values that identify the run (shapes and options); a checkpoint with other values is
+        refused on resume.
 
     Returns
     -------
@@ -160,48 +366,34 @@ def fit(
     warmup = max(1, min(200, n_steps // 20))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(n_steps, warmup))
     tracker = DeadTracker(model.n_features, dead_window, X.device)
-    history: list[dict] = []
-    perm = torch.randperm(n, generator=generator)
-    pos = 0
-    seen = 0
-    bar = tqdm(total=n_steps, desc=desc, disable=not progress, leave=False)
+    run = dict(run or {}, n_obs=int(n), n_steps=int(n_steps), batch_size=batch_size, lr=float(lr))
+    path = None if checkpoint is None else check_checkpoint_path(checkpoint, resume=resume)
+    if path is not None and resume:
+        loop = _restore(load_checkpoint(path, run), model, optimizer, scheduler, tracker, generator)
+    else:
+        loop = _LoopState(0, torch.randperm(n, generator=generator), 0, 0, [])
+    history = loop.history
+    every = max(1, int(checkpoint_every))
+    bar = tqdm(total=n_steps, initial=loop.step, desc=desc, disable=not progress, leave=False)
     try:
-        for step in range(n_steps):
-            if pos + batch_size > n:
-                perm = torch.randperm(n, generator=generator)
-                pos = 0
-            batch_idx = perm[pos : pos + batch_size].to(X.device)
-            pos += batch_size
+        for step in range(loop.step, n_steps):
+            if loop.pos + batch_size > n:
+                loop.perm = torch.randperm(n, generator=generator)
+                loop.pos = 0
+            batch_idx = loop.perm[loop.pos : loop.pos + batch_size].to(X.device)
+            loop.pos += batch_size
             xb = X[batch_idx]
             dead_mask = tracker.silent_mask() if getattr(model, "needs_dead_mask", False) else None
-            out = model.training_output(xb, dead_mask)
+            out = _backward(model, optimizer, xb, dead_mask, step=step, lr=lr, history=history)
             loss = out.loss
-            if not bool(torch.isfinite(loss)):
-                raise TrainingDivergedError(
-                    f"Training diverged at step {step}: the loss is {float(loss.detach())}. The model keeps the "
-                    f"weights it had before this step. Lower the learning rate (lr={lr:g}) or check the scale of the "
-                    "input (normalize=...).",
-                    step=step,
-                    history=history,
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grads = [p.grad for p in model.parameters() if p.grad is not None]
-            if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
-                raise TrainingDivergedError(
-                    f"Training diverged at step {step}: a gradient is NaN or infinite. The model keeps the "
-                    f"weights it had before this step. Lower the learning rate (lr={lr:g}).",
-                    step=step,
-                    history=history,
-                )
             model.before_optimizer_step()
             optimizer.step()
             scheduler.step()
             model.after_optimizer_step(step, optimizer)
             tracker.update(out.fired, xb.shape[0])
-            seen += xb.shape[0]
+            loop.seen += xb.shape[0]
             if step % log_every == 0 or step == n_steps - 1:
-                row = {"step": step, "samples_seen": seen, "loss": float(loss.detach())}
+                row = {"step": step, "samples_seen": loop.seen, "loss": float(loss.detach())}
                 row.update({k: float(v) for k, v in out.metrics.items()})
                 row["dead_fraction"] = tracker.dead_fraction()
                 row["n_dead"] = tracker.n_dead()
@@ -209,6 +401,9 @@ def fit(
                 history.append(row)
                 bar.set_postfix(loss=f"{row['loss']:.4g}", fvu=f"{row.get('fvu', math.nan):.3f}", refresh=False)
             bar.update(1)
+            loop.step = step + 1
+            if path is not None and (loop.step % every == 0 or loop.step == n_steps):
+                _save_checkpoint(path, loop, model, optimizer, scheduler, tracker, generator, run)
     finally:
         bar.close()
     return history, tracker

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -10,7 +11,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from .._checks import check_positive_int
+from .._checks import check_bool, check_positive_int
 from .._core import (
     activations,
     claim,
@@ -103,7 +104,7 @@ def _whitening_info(adata: AnnData, use_rep: str) -> dict | None:
     return dict(Whitening.from_dict(wentry).to_dict(), use_rep=wentry["params"]["use_rep"], key=wkey)
 
 
-def _fit(model, Y: np.ndarray, train_cfg: TrainConfig, dev, g_batch, progress: bool, desc: str):
+def _fit(model, Y: np.ndarray, train_cfg: TrainConfig, dev, g_batch, progress: bool, desc: str, ckpt: dict):
     import torch
 
     from ..models.train import TrainingDivergedError, fit
@@ -121,6 +122,10 @@ def _fit(model, Y: np.ndarray, train_cfg: TrainConfig, dev, g_batch, progress: b
             log_every=train_cfg.log_every or 0,
             progress=progress,
             desc=desc,
+            checkpoint=ckpt["checkpoint"],
+            checkpoint_every=ckpt["checkpoint_every"],
+            resume=ckpt["resume"],
+            run=ckpt.get("run"),
         )
     except TrainingDivergedError as err:
         err.model = model
@@ -142,7 +147,9 @@ def _warn_unconverged(fvu: float, codes: sp.csr_matrix, lr: float) -> bool:
     return True
 
 
-def _learn(adata: AnnData, X: np.ndarray, *, use_rep, method, model_cfg, train_cfg, device, key, progress) -> None:
+def _learn(
+    adata: AnnData, X: np.ndarray, *, use_rep, method, model_cfg, train_cfg, device, key, progress, ckpt
+) -> None:
     import torch
 
     from ..models.train import DEAD_RATE, history_frame
@@ -159,7 +166,9 @@ def _learn(adata: AnnData, X: np.ndarray, *, use_rep, method, model_cfg, train_c
     model = model.to(dev)
     t0 = time.perf_counter()
     desc = f"{method} ({model_cfg.architecture})"
-    history, tracker = _fit(model, Y, train_cfg, dev, g_batch, progress, desc)
+    ckpt = dict(ckpt, run={"method": method, "use_rep": use_rep, **model_cfg.to_dict(), **train_cfg.to_dict(),
+                           "n_inputs": int(Y.shape[1]), "data_checksum": float(Y.sum(dtype=np.float64))})  # fmt: skip
+    history, tracker = _fit(model, Y, train_cfg, dev, g_batch, progress, desc, ckpt)
     seconds = time.perf_counter() - t0
     codes, fvu, cos = _encode_rows(model, Y, dev, batch_size=4096, progress=progress)
     rate = tracker.rate().cpu().numpy()
@@ -200,6 +209,22 @@ def _learn(adata: AnnData, X: np.ndarray, *, use_rep, method, model_cfg, train_c
     adata.uns[key] = entry
 
 
+def _checkpoint_options(checkpoint, checkpoint_every, resume) -> dict:
+    """Validated checkpoint options (the path is checked before any work)."""
+    from ..models.train import check_checkpoint_path
+
+    check_bool(resume, "resume")
+    check_positive_int(checkpoint_every, "checkpoint_every")
+    if checkpoint is None:
+        if resume:
+            raise ValueError("resume=True needs `checkpoint=`, the file the interrupted run wrote.")
+        return {"checkpoint": None, "checkpoint_every": int(checkpoint_every), "resume": False}
+    if not isinstance(checkpoint, str | os.PathLike):
+        raise TypeError(f"`checkpoint` must be a file path (str or os.PathLike), got {type(checkpoint).__name__}.")
+    check_checkpoint_path(checkpoint, resume=resume)
+    return {"checkpoint": os.fspath(checkpoint), "checkpoint_every": int(checkpoint_every), "resume": bool(resume)}
+
+
 # ---------------------------------------------------------------------- public API
 @tool
 @doc
@@ -224,6 +249,9 @@ def sae(
     log_every: int | None = None,
     device: Any = "auto",
     random_state: int = 0,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 1000,
+    resume: bool = False,
     progress: bool = True,
     key_added: str | None = None,
 ) -> None:
@@ -285,6 +313,7 @@ def sae(
     {doc_log_every}
     {doc_device}
     {doc_train_random_state}
+    {doc_checkpoint}
     {doc_progress}
     key_added
         Stem of the result names (default ``"sae"``): ``adata.obsm[f"X_{key_added}"]`` and
@@ -357,7 +386,7 @@ def sae(
     )
     _learn(
         adata, X, use_rep=use_rep, method="sae", model_cfg=model_cfg, train_cfg=train_cfg, device=device, key=key,
-        progress=progress,
+        progress=progress, ckpt=_checkpoint_options(checkpoint, checkpoint_every, resume),
     )  # fmt: skip
 
 
@@ -385,6 +414,9 @@ def icfl(
     log_every: int | None = None,
     device: Any = "auto",
     random_state: int = 0,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 1000,
+    resume: bool = False,
     progress: bool = True,
     key_added: str | None = None,
 ) -> None:
@@ -445,6 +477,7 @@ def icfl(
     {doc_log_every}
     {doc_device}
     {doc_train_random_state}
+    {doc_checkpoint}
     {doc_progress}
     key_added
         Stem of the result names (default ``"icfl"``); see :func:`sae`.
@@ -502,7 +535,7 @@ def icfl(
     )
     _learn(
         adata, X, use_rep=use_rep, method="icfl", model_cfg=model_cfg, train_cfg=train_cfg, device=device, key=key,
-        progress=progress,
+        progress=progress, ckpt=_checkpoint_options(checkpoint, checkpoint_every, resume),
     )  # fmt: skip
 
 
