@@ -81,6 +81,34 @@ def embedding(adata: AnnData, use_rep: str, *, what: str = "use_rep") -> np.ndar
     return X
 
 
+def is_out_of_core(X) -> bool:
+    """Whether ``X`` is read from disk or computed lazily (dask, h5py, zarr, memmap) rather than in memory."""
+    if isinstance(X, np.memmap):
+        return True
+    return type(X).__module__.split(".")[0] in ("dask", "h5py", "zarr")
+
+
+def embedding_source(adata: AnnData, use_rep: str, *, what: str = "use_rep"):
+    """The embedding for training: in memory, or read chunk by chunk from disk.
+
+    A validated float32 array when the embedding is in memory, otherwise a
+    :class:`~featurelens.models.data.RowSource` that reads it chunk by chunk (dask arrays in ``obsm``,
+    backed or lazily read AnnData, memmaps).
+    """
+    from ..models.data import RowSource
+
+    X = raw_embedding(adata, use_rep, what=what)
+    if not is_out_of_core(X):
+        return embedding(adata, use_rep, what=what)
+    if sp.issparse(X) or "sparse" in type(X).__name__.lower():
+        raise ValueError(f"{_where(use_rep)} is a sparse matrix on disk; dictionaries are trained on dense embeddings.")
+    return RowSource(X, name=_where(use_rep))
+
+
+def _where(use_rep: str) -> str:
+    return "adata.X" if use_rep == "X" else f"adata.obsm[{use_rep!r}]"
+
+
 def check_finite(X: np.ndarray, name: str, obs_names=None) -> None:
     """Raise a clear error naming how many rows of ``X`` contain NaN or Inf."""
     bad = ~np.isfinite(X).all(axis=1)

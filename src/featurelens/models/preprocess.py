@@ -296,6 +296,58 @@ def fit_whitening(
 
 
 @dataclass
+class Moments:
+    """Row count, per-dimension mean and variance (``ddof=0``), and the rows with NaN / Inf."""
+
+    n: int
+    mean: np.ndarray
+    var: np.ndarray
+    n_bad: int
+    first_bad: int | None
+    total: float
+
+
+def block_moments(blocks) -> Moments:
+    """Per-dimension moments of rows given block by block, in float64 per block only.
+
+    Sums are taken around the first block's mean (a shift that keeps the variance exact when
+    the mean is large); rows with NaN or Inf are counted and left out.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> X = np.random.default_rng(0).normal(5, 2, size=(100, 3))
+    >>> m = block_moments([X[:30], X[30:]])
+    >>> bool(np.allclose(m.mean, X.mean(0)) and np.allclose(m.var, X.var(0)))
+    True
+    """
+    n, shift, s, ss, n_bad, first_bad, total, start = 0, None, None, None, 0, None, 0.0, 0
+    for block in blocks:
+        b = np.asarray(block, dtype=np.float64)
+        ok = np.isfinite(b).all(axis=1)
+        if not ok.all():
+            if first_bad is None:
+                first_bad = start + int(np.flatnonzero(~ok)[0])
+            n_bad += int((~ok).sum())
+            b = b[ok]
+        start += len(ok)
+        if b.shape[0] == 0:
+            continue
+        if shift is None:
+            shift = b.mean(axis=0)
+            s, ss = np.zeros_like(shift), np.zeros_like(shift)
+        c = b - shift
+        s += c.sum(axis=0)
+        ss += (c * c).sum(axis=0)
+        total += float(b.sum())
+        n += b.shape[0]
+    if n == 0:
+        return Moments(0, np.zeros(0), np.zeros(0), n_bad, first_bad, total)
+    m = s / n
+    return Moments(n, shift + m, np.clip(ss / n - m * m, 0.0, None), n_bad, first_bad, total)
+
+
+@dataclass
 class Normalizer:
     """Per-embedding normalisation applied right before the dictionary.
 
@@ -338,6 +390,26 @@ class Normalizer:
             sd = X.std(axis=0, ddof=0)
             scale = np.where(sd > _TINY, sd, 1.0)
         return cls(method=method, mean=mean, scale=scale)
+
+    @classmethod
+    def from_moments(cls, method: str | None, mean: np.ndarray, var: np.ndarray) -> Normalizer:
+        """The normalisation of data with per-dimension ``mean`` and ``var`` (``ddof=0``).
+
+        For moments from :func:`block_moments` over data read in chunks; equals :meth:`fit` up to rounding.
+        """
+        method = "none" if method is None else str(method)
+        check_choice(method, "normalize", NORMALIZE_OPTIONS, none=True)
+        mean, var = np.asarray(mean, np.float64), np.clip(np.asarray(var, np.float64), 0.0, None)
+        d = mean.shape[0]
+        center = mean if method in ("center", "standardize") else np.zeros(d)
+        scale = np.ones(d)
+        if method == "scale":
+            ms = float(var.sum() / d)
+            scale = np.full(d, np.sqrt(ms) if ms > _TINY else 1.0)
+        elif method == "standardize":
+            sd = np.sqrt(var)
+            scale = np.where(sd > _TINY, sd, 1.0)
+        return cls(method=method, mean=center, scale=scale)
 
     def transform(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Return the normalised rows (float32) and, for ``"unit"``, the row norms that were removed."""

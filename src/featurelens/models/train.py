@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .data import MemorySampler
+
 DEAD_RATE = 1e-5
 """A feature is dead when it fired on fewer than this fraction of the samples of a window."""
 
@@ -153,13 +155,12 @@ def check_checkpoint_path(path, *, resume: bool) -> Path:
 @dataclass
 class _LoopState:
     step: int
-    perm: torch.Tensor
-    pos: int
     seen: int
     history: list[dict]
 
 
-def _save_checkpoint(path: Path, loop: _LoopState, model, optimizer, scheduler, tracker, generator, run: dict) -> None:
+def _save_checkpoint(path: Path, loop: _LoopState, model, optimizer, scheduler, tracker, sampler, generator,
+                     run: dict) -> None:  # fmt: skip
     """Write the training state atomically (a file next to it, then renamed over it)."""
     extra = model.extra_state() if hasattr(model, "extra_state") else {}
     state = {
@@ -167,9 +168,8 @@ def _save_checkpoint(path: Path, loop: _LoopState, model, optimizer, scheduler, 
         "featurelens_version": _version(),
         "run": dict(run),
         "step": int(loop.step),
-        "pos": int(loop.pos),
         "seen": int(loop.seen),
-        "perm": loop.perm.cpu(),
+        "sampler": sampler.state_dict(),
         "history": [dict(r) for r in loop.history],
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "optimizer": optimizer.state_dict(),
@@ -244,7 +244,7 @@ def load_checkpoint(path, run: dict) -> dict:
     return state
 
 
-def _restore(state: dict, model, optimizer, scheduler, tracker, generator) -> _LoopState:
+def _restore(state: dict, model, optimizer, scheduler, tracker, sampler, generator) -> _LoopState:
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
@@ -254,9 +254,10 @@ def _restore(state: dict, model, optimizer, scheduler, tracker, generator) -> _L
     tracker.last_rate = None if tr["last_rate"] is None else tr["last_rate"].to(dev)
     generator.set_state(state["generator"])
     torch.set_rng_state(state["torch_rng"])
+    sampler.load_state_dict(state["sampler"])
     if hasattr(model, "load_extra_state"):
         model.load_extra_state(state["extra"])
-    return _LoopState(int(state["step"]), state["perm"], int(state["pos"]), int(state["seen"]), list(state["history"]))
+    return _LoopState(int(state["step"]), int(state["seen"]), list(state["history"]))
 
 
 def _backward(model, optimizer, xb, dead_mask, *, step: int, lr: float, history: list[dict]) -> TrainOutput:
@@ -299,7 +300,7 @@ def _lr_lambda(n_steps: int, warmup: int):
 
 def fit(
     model: torch.nn.Module,
-    X: torch.Tensor,
+    X,
     *,
     n_steps: int,
     batch_size: int,
@@ -321,7 +322,9 @@ def fit(
     model
         A learner (see the module docstring).
     X
-        Training data ``(n, d)``, float32.
+        Training data: a float32 tensor ``(n, d)`` on the model's device, or a sampler with
+        ``n_rows``, ``device``, ``batch(size)`` and ``state_dict()`` / ``load_state_dict()`` such as
+        :class:`~featurelens.models.data.ShuffleBuffer` (data streamed from disk).
     n_steps
         Optimiser steps.
     batch_size
@@ -359,30 +362,26 @@ def fit(
         When the loss or a gradient is NaN or infinite. The offending update is not applied,
         so the model keeps the last finite weights.
     """
-    n = X.shape[0]
+    sampler = X if hasattr(X, "batch") else MemorySampler(X, generator)
+    n = sampler.n_rows
     batch_size = int(min(batch_size, n))
     log_every = int(log_every) if log_every else max(1, n_steps // 100)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     warmup = max(1, min(200, n_steps // 20))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(n_steps, warmup))
-    tracker = DeadTracker(model.n_features, dead_window, X.device)
+    tracker = DeadTracker(model.n_features, dead_window, sampler.device)
     run = dict(run or {}, n_obs=int(n), n_steps=int(n_steps), batch_size=batch_size, lr=float(lr))
     path = None if checkpoint is None else check_checkpoint_path(checkpoint, resume=resume)
     if path is not None and resume:
-        loop = _restore(load_checkpoint(path, run), model, optimizer, scheduler, tracker, generator)
+        loop = _restore(load_checkpoint(path, run), model, optimizer, scheduler, tracker, sampler, generator)
     else:
-        loop = _LoopState(0, torch.randperm(n, generator=generator), 0, 0, [])
+        loop = _LoopState(0, 0, [])
     history = loop.history
     every = max(1, int(checkpoint_every))
     bar = tqdm(total=n_steps, initial=loop.step, desc=desc, disable=not progress, leave=False)
     try:
         for step in range(loop.step, n_steps):
-            if loop.pos + batch_size > n:
-                loop.perm = torch.randperm(n, generator=generator)
-                loop.pos = 0
-            batch_idx = loop.perm[loop.pos : loop.pos + batch_size].to(X.device)
-            loop.pos += batch_size
-            xb = X[batch_idx]
+            xb = sampler.batch(batch_size)
             dead_mask = tracker.silent_mask() if getattr(model, "needs_dead_mask", False) else None
             out = _backward(model, optimizer, xb, dead_mask, step=step, lr=lr, history=history)
             loss = out.loss
@@ -403,7 +402,7 @@ def fit(
             bar.update(1)
             loop.step = step + 1
             if path is not None and (loop.step % every == 0 or loop.step == n_steps):
-                _save_checkpoint(path, loop, model, optimizer, scheduler, tracker, generator, run)
+                _save_checkpoint(path, loop, model, optimizer, scheduler, tracker, sampler, generator, run)
     finally:
         bar.close()
     return history, tracker

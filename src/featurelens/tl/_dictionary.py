@@ -16,7 +16,7 @@ from .._core import (
     activations,
     claim,
     doc,
-    embedding,
+    embedding_source,
     feature_names,
     find_whitening,
     get_entry,
@@ -39,8 +39,12 @@ _TRAINING_KEYS = ("params", "decoder", "decoder_bias", "pre_bias", "encoder", "e
 
 
 # ---------------------------------------------------------------------- encoding and quality
-def _encode_rows(model, Y: np.ndarray, device, batch_size: int, progress: bool):
-    """Sparse codes of all rows of ``Y`` (CSR, float32), reconstruction FVU and per-row cosine."""
+def _encode_blocks(model, blocks, device, batch_size: int, progress: bool, total: int):
+    """Sparse codes (CSR, float32), squared reconstruction error and per-row cosine of blocks of rows.
+
+    Also returns the total sum of squares of the rows around their mean, from sums around the first
+    block's mean (exact for one block up to rounding).
+    """
     import torch
     from tqdm.auto import tqdm
 
@@ -49,22 +53,43 @@ def _encode_rows(model, Y: np.ndarray, device, batch_size: int, progress: bool):
 
     model = model.to(device).eval()
     G = gram(model.W.detach()) if isinstance(model, ICFL) else None
-    blocks, cosines = [], []
-    sse = 0.0
-    mean = Y.mean(0, dtype=np.float64)
-    sst = float(((Y - mean) ** 2).sum(dtype=np.float64))
+    out, cosines = [], []
+    sse, shift, s, ss, n = 0.0, None, 0.0, 0.0, 0
+    bar = tqdm(total=total, desc="encoding", disable=not progress, leave=False)
     with torch.no_grad():
-        for s in tqdm(range(0, Y.shape[0], batch_size), desc="encoding", disable=not progress, leave=False):
-            x = torch.from_numpy(Y[s : s + batch_size]).to(device)
-            z = model.encode(x, G) if G is not None else model.encode(x)
-            x_hat = model.decode(z)
-            sse += float((x - x_hat).double().pow(2).sum())
-            cosines.append(torch.nn.functional.cosine_similarity(x, x_hat, dim=1, eps=1e-12).cpu().numpy())
-            blocks.append(sp.csr_matrix(z.float().cpu().numpy()))
-    codes = sp.vstack(blocks, format="csr").astype(np.float32)
+        for Y in blocks:
+            shift = Y.mean(0, dtype=np.float64) if shift is None else shift
+            c = Y - shift
+            s, ss, n = s + c.sum(0, dtype=np.float64), ss + float((c * c).sum(dtype=np.float64)), n + Y.shape[0]
+            for start in range(0, Y.shape[0], batch_size):
+                x = torch.from_numpy(Y[start : start + batch_size]).to(device)
+                z = model.encode(x, G) if G is not None else model.encode(x)
+                x_hat = model.decode(z)
+                sse += float((x - x_hat).double().pow(2).sum())
+                cosines.append(torch.nn.functional.cosine_similarity(x, x_hat, dim=1, eps=1e-12).cpu().numpy())
+                out.append(sp.csr_matrix(z.float().cpu().numpy()))
+                bar.update(x.shape[0])
+    bar.close()
+    codes = sp.vstack(out, format="csr").astype(np.float32)
     codes.eliminate_zeros()
     codes.sort_indices()
     cos = np.concatenate(cosines).astype(np.float64) if cosines else np.zeros(0)
+    sst = ss - float(np.sum(np.asarray(s) ** 2)) / max(n, 1)
+    return codes, sse, cos, sst
+
+
+def _encode_rows(model, Y: np.ndarray, device, batch_size: int, progress: bool):
+    """Sparse codes of all rows of ``Y`` (CSR, float32), reconstruction FVU and per-row cosine."""
+    mean = Y.mean(0, dtype=np.float64)
+    sst = float(((Y - mean) ** 2).sum(dtype=np.float64))
+    codes, sse, cos, _ = _encode_blocks(model, [Y], device, batch_size, progress, Y.shape[0])
+    return codes, (sse / sst if sst > 0 else float("nan")), cos
+
+
+def _encode_source(model, source, normalizer, device, progress: bool):
+    """:func:`_encode_rows` for a :class:`~featurelens.models.data.RowSource`, one chunk at a time."""
+    blocks = (normalizer.transform(b)[0] for b in source.blocks())
+    codes, sse, cos, sst = _encode_blocks(model, blocks, device, 4096, progress, source.n_rows)
     return codes, (sse / sst if sst > 0 else float("nan")), cos
 
 
@@ -95,6 +120,43 @@ def _check_learnable(X: np.ndarray, use_rep: str) -> None:
         )
 
 
+def _training_data(X, use_rep: str, train_cfg: TrainConfig, g_batch, dev):
+    """The normaliser, the training data, rows to initialise the model from, a checksum, streaming info.
+
+    In memory: the normalised array. From a :class:`~featurelens.models.data.RowSource`: one pass for
+    the moments (refusing NaN / Inf rows and constant data), then a shuffle buffer of whole chunks;
+    the model starts from up to four random chunks.
+    """
+    from ..models.data import BUFFER_BYTES, RowSource, ShuffleBuffer
+    from ..models.preprocess import block_moments
+
+    if not isinstance(X, RowSource):
+        _check_learnable(X, use_rep)
+        normalizer = Normalizer.fit(X, train_cfg.normalize)
+        Y, _ = normalizer.transform(X)
+        return normalizer, Y, Y, float(Y.sum(dtype=np.float64)), {}
+    m = block_moments(X.blocks())
+    if m.n_bad:
+        raise ValueError(
+            f"{X.name} has {m.n_bad} of {X.n_rows} rows with NaN or Inf values (the first is row {m.first_bad}). "
+            "Remove or impute those cells first."
+        )
+    if X.n_rows >= 2 and not (m.var > 0).any():
+        _check_learnable(np.zeros((2, 1)), use_rep)  # constant data: the same error as in memory
+    normalizer = Normalizer.from_moments(train_cfg.normalize, m.mean, m.var)
+
+    def transform(rows: np.ndarray) -> np.ndarray:
+        return normalizer.transform(rows)[0]
+
+    buffer_rows = max(BUFFER_BYTES // (4 * X.n_cols), train_cfg.batch_size, X.chunk_rows)
+    data = ShuffleBuffer(X, transform, buffer_rows=buffer_rows, generator=g_batch, device=dev)
+    pick = np.random.default_rng(train_cfg.random_state).permutation(X.n_chunks)[:4]
+    sample = transform(np.concatenate([X.chunk(int(i)) for i in np.sort(pick)]))
+    buffer_rows = int(min(data.chunks_per_buffer * X.chunk_rows, X.n_rows))
+    stream = {"streamed": True, "chunk_rows": int(X.chunk_rows), "buffer_rows": buffer_rows}
+    return normalizer, data, sample, float(m.total), stream
+
+
 def _whitening_info(adata: AnnData, use_rep: str) -> dict | None:
     """The whitening that produced ``use_rep`` (a copy the dictionary keeps), if any."""
     found = find_whitening(adata, use_rep)
@@ -109,7 +171,7 @@ def _fit(model, Y: np.ndarray, train_cfg: TrainConfig, dev, g_batch, progress: b
 
     from ..models.train import TrainingDivergedError, fit
 
-    Xt = torch.from_numpy(Y).to(dev)
+    Xt = torch.from_numpy(Y).to(dev) if isinstance(Y, np.ndarray) else Y  # an array, or a sampler of streamed rows
     try:
         return fit(
             model,
@@ -154,23 +216,24 @@ def _learn(
 
     from ..models.train import DEAD_RATE, history_frame
 
-    _check_learnable(X, use_rep)
     dev = resolve_device(device)
     g_init = torch.Generator().manual_seed(train_cfg.random_state)
     g_batch = torch.Generator().manual_seed(train_cfg.random_state + 1)
     whitening = _whitening_info(adata, use_rep)
-    normalizer = Normalizer.fit(X, train_cfg.normalize)
-    Y, _ = normalizer.transform(X)
+    normalizer, data, sample, checksum, stream = _training_data(X, use_rep, train_cfg, g_batch, dev)
     model = model_cfg.build(g_init)
-    model.init_from_data(torch.from_numpy(Y), getattr(model_cfg, "pre_bias_init", "mean"))
+    model.init_from_data(torch.from_numpy(sample), getattr(model_cfg, "pre_bias_init", "mean"))
     model = model.to(dev)
     t0 = time.perf_counter()
     desc = f"{method} ({model_cfg.architecture})"
     ckpt = dict(ckpt, run={"method": method, "use_rep": use_rep, **model_cfg.to_dict(), **train_cfg.to_dict(),
-                           "n_inputs": int(Y.shape[1]), "data_checksum": float(Y.sum(dtype=np.float64))})  # fmt: skip
-    history, tracker = _fit(model, Y, train_cfg, dev, g_batch, progress, desc, ckpt)
+                           "n_inputs": int(X.shape[1]), "data_checksum": checksum, **stream})  # fmt: skip
+    history, tracker = _fit(model, data, train_cfg, dev, g_batch, progress, desc, ckpt)
     seconds = time.perf_counter() - t0
-    codes, fvu, cos = _encode_rows(model, Y, dev, batch_size=4096, progress=progress)
+    if stream:
+        codes, fvu, cos = _encode_source(model, X, normalizer, dev, progress)
+    else:
+        codes, fvu, cos = _encode_rows(model, data, dev, batch_size=4096, progress=progress)
     rate = tracker.rate().cpu().numpy()
     converged = _warn_unconverged(fvu, codes, train_cfg.lr)
     preprocess = Preprocess(normalizer=normalizer).to_dict()
@@ -183,6 +246,7 @@ def _learn(
         **train_cfg.to_dict(),
         "n_obs_train": int(X.shape[0]),
         "device": str(dev),
+        **stream,
     }
     metrics = {
         "fvu": float(fvu),
@@ -359,7 +423,7 @@ def sae(
     (2000, 64)
     """
     key = stem(key_added, "sae")
-    X = embedding(adata, use_rep)
+    X = embedding_source(adata, use_rep)
     claim(adata, key, kind="dictionary", inputs=[use_rep])
     model_cfg = SAEConfig.resolve(
         X.shape[1],
@@ -507,7 +571,7 @@ def icfl(
     'whitened'
     """
     key = stem(key_added, "icfl")
-    X = embedding(adata, use_rep)
+    X = embedding_source(adata, use_rep)
     claim(adata, key, kind="dictionary", inputs=[use_rep])
     model_cfg = ICFLConfig.resolve(
         X.shape[1],
