@@ -56,8 +56,10 @@ def raw_embedding(adata: AnnData, use_rep: str, *, what: str = "use_rep"):
     return adata.obsm[use_rep]
 
 
-def embedding(adata: AnnData, use_rep: str, *, what: str = "use_rep") -> np.ndarray:
+def embedding(adata: AnnData, use_rep: str, *, what: str = "use_rep", copy: bool = True) -> np.ndarray:
     """Dense float32 copy of ``adata.obsm[use_rep]`` (``"X"`` reads ``adata.X``), validated.
+
+    With ``copy=False`` a float32 array in memory is returned as it is (the caller must not modify it).
 
     Raises
     ------
@@ -76,7 +78,7 @@ def embedding(adata: AnnData, use_rep: str, *, what: str = "use_rep") -> np.ndar
         raise ValueError(f"adata.obsm[{use_rep!r}] has no columns.")
     if not np.issubdtype(X.dtype, np.number):
         raise ValueError(f"adata.obsm[{use_rep!r}] must be numeric, got dtype {X.dtype}.")
-    X = X.astype(np.float32, copy=True)
+    X = X.astype(np.float32, copy=copy)
     check_finite(X, use_rep, adata.obs_names)
     return X
 
@@ -99,7 +101,7 @@ def embedding_source(adata: AnnData, use_rep: str, *, what: str = "use_rep"):
 
     X = raw_embedding(adata, use_rep, what=what)
     if not is_out_of_core(X):
-        return embedding(adata, use_rep, what=what)
+        return embedding(adata, use_rep, what=what, copy=False)  # read only: the learners never modify it
     if sp.issparse(X) or "sparse" in type(X).__name__.lower():
         raise ValueError(f"{_where(use_rep)} is a sparse matrix on disk; dictionaries are trained on dense embeddings.")
     return RowSource(X, name=_where(use_rep))
@@ -111,7 +113,9 @@ def _where(use_rep: str) -> str:
 
 def check_finite(X: np.ndarray, name: str, obs_names=None) -> None:
     """Raise a clear error naming how many rows of ``X`` contain NaN or Inf."""
-    bad = ~np.isfinite(X).all(axis=1)
+    rows = 65536  # by blocks: no cells x dimensions boolean matrix
+    bad = np.concatenate([~np.isfinite(X[s : s + rows]).all(axis=1) for s in range(0, X.shape[0], rows)] or [[]])
+    bad = bad.astype(bool)
     n_bad = int(bad.sum())
     if n_bad:
         first = ""

@@ -148,6 +148,14 @@ def dense_from_flat(rows, cols, vals, shape) -> torch.Tensor:
     return out
 
 
+def mean_rows(X: torch.Tensor, block: int = 65536) -> torch.Tensor:
+    """Column means of ``X`` summed in float64 block by block (no float64 copy of ``X``), as float32."""
+    total = torch.zeros(X.shape[1], dtype=torch.float64, device=X.device)
+    for s in range(0, X.shape[0], block):
+        total += X[s : s + block].double().sum(0)
+    return (total / max(X.shape[0], 1)).float()
+
+
 def gram(weight: torch.Tensor) -> torch.Tensor:
     """Gram matrix ``weight @ weight.T`` of the dictionary rows."""
     return weight @ weight.T

@@ -160,6 +160,7 @@ class ShuffleBuffer:
         return torch.randperm(n, generator=self.generator) if n > 1 else torch.zeros(1, dtype=torch.long)
 
     def _load(self, chunks: list[int]) -> None:
+        self.buffer = None  # release the previous buffer before reading the next
         rows = np.concatenate([self.source.chunk(int(i)) for i in chunks])
         self.buffer = torch.from_numpy(np.ascontiguousarray(self.transform(rows), dtype=np.float32))
         self.buffer_chunks = [int(i) for i in chunks]

@@ -31,6 +31,7 @@ from ._pursuit_cpu import HAVE_NUMBA
 from ._sparse import (
     dense_from_flat,
     gram,
+    mean_rows,
     normalize_rows_,
     project_out_radial,
     random_unit_rows,
@@ -234,7 +235,7 @@ class ICFL(nn.Module):
     def init_from_data(self, X: torch.Tensor, how: str = "mean") -> None:
         """Set the bias to the data mean (no-op with ``bias="none"``)."""
         if self.bias != "none":
-            self.b.copy_(X.double().mean(0).float().to(self.b.device))
+            self.b.copy_(mean_rows(X).to(self.b.device))
 
     # ------------------------------------------------------------------ encoder
     @torch.no_grad()

@@ -38,6 +38,9 @@ def _row_norms(X: np.ndarray) -> np.ndarray:
     return np.sqrt(np.einsum("ij,ij->i", X, X, dtype=np.float64))
 
 
+_ROWS = 65536  # rows per block of the normalisation
+
+
 def _safe_unit(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Scale rows to unit L2 norm; rows of norm zero stay zero. Returns (scaled, norms)."""
     norms = _row_norms(X)
@@ -373,23 +376,18 @@ class Normalizer:
 
     @classmethod
     def fit(cls, X: np.ndarray, method: str | None) -> Normalizer:
-        """Estimate the normalisation of ``X`` for ``method``."""
+        """Estimate the normalisation of ``X`` for ``method``.
+
+        The moments are summed over blocks of rows (:func:`block_moments`), so memory beyond ``X`` is
+        one block in float64, never a float64 copy of the whole embedding.
+        """
         method = "none" if method is None else str(method)
         check_choice(method, "normalize", NORMALIZE_OPTIONS, none=True)
-        X = np.asarray(X, dtype=np.float64)
         d = X.shape[1]
-        mean = np.zeros(d)
-        scale = np.ones(d)
-        if method in ("center", "standardize"):
-            mean = X.mean(axis=0)
-        if method == "scale":
-            mu = X.mean(axis=0)
-            ms = float(np.mean(np.einsum("ij,ij->i", X - mu, X - mu)) / d)
-            scale = np.full(d, np.sqrt(ms) if ms > _TINY else 1.0)
-        elif method == "standardize":
-            sd = X.std(axis=0, ddof=0)
-            scale = np.where(sd > _TINY, sd, 1.0)
-        return cls(method=method, mean=mean, scale=scale)
+        if method in ("none", "unit"):
+            return cls(method=method, mean=np.zeros(d), scale=np.ones(d))
+        m = block_moments(X[s : s + _ROWS] for s in range(0, X.shape[0], _ROWS))
+        return cls.from_moments(method, m.mean, m.var)
 
     @classmethod
     def from_moments(cls, method: str | None, mean: np.ndarray, var: np.ndarray) -> Normalizer:
@@ -412,11 +410,20 @@ class Normalizer:
         return cls(method=method, mean=center, scale=scale)
 
     def transform(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Return the normalised rows (float32) and, for ``"unit"``, the row norms that were removed."""
-        Y = (np.asarray(X, dtype=np.float64) - self.mean) / self.scale
-        if self.unit_norm:
-            return _safe_unit(Y)
-        return Y.astype(np.float32, copy=False), None
+        """Return the normalised rows (float32) and, for ``"unit"``, the row norms that were removed.
+
+        Rows are processed in blocks (float64 inside a block only), written into one float32 result.
+        """
+        n, d = X.shape
+        Y = np.empty((n, d), dtype=np.float32)
+        norms = np.empty(n, dtype=np.float64) if self.unit_norm else None
+        for s in range(0, n, _ROWS):
+            block = (np.asarray(X[s : s + _ROWS], dtype=np.float64) - self.mean) / self.scale
+            if self.unit_norm:
+                Y[s : s + _ROWS], norms[s : s + _ROWS] = _safe_unit(block)
+            else:
+                Y[s : s + _ROWS] = block
+        return Y, norms
 
     def inverse(self, Y: np.ndarray, norms: np.ndarray | None = None) -> np.ndarray:
         """Undo :meth:`transform`; ``norms`` are the row norms it returned (needed for ``"unit"``)."""

@@ -34,6 +34,7 @@ from torch import nn
 from .._checks import check_choice
 from ._sparse import (
     gather_preact,
+    mean_rows,
     normalize_rows_,
     project_out_radial,
     random_unit_rows,
@@ -163,7 +164,7 @@ class SparseAutoencoder(nn.Module):
     def init_from_data(self, X: torch.Tensor, how: str = "mean") -> None:
         """Initialise the decoder bias (pre-bias) at the mean or geometric median of ``X``."""
         if how == "mean":
-            center = X.double().mean(0).float()
+            center = mean_rows(X)
         elif how == "median":
             sub = X[: min(len(X), 20000)]
             center = geometric_median(sub)

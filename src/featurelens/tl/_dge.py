@@ -379,7 +379,9 @@ def high_vs_low(
     within that group, which removes differences between groups from the comparison.
 
     All features are processed together in chunks: high and low cells become sparse indicator
-    matrices that multiply the expression matrix, so memory stays bounded. The expression is
+    matrices that multiply the expression matrix held in memory (each chunk takes a float64 copy of
+    its non-zero values and features x genes moment arrays; backed and dask matrices are not
+    supported yet). The expression is
     checked first: it must be finite and non-negative (log-normalised or counts) with unique
     ``var_names``. A new call replaces the stored results and removes the enrichment and concept
     space computed from the previous ones.

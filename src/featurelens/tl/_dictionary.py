@@ -58,10 +58,10 @@ def _encode_blocks(model, blocks, device, batch_size: int, progress: bool, total
     bar = tqdm(total=total, desc="encoding", disable=not progress, leave=False)
     with torch.no_grad():
         for Y in blocks:
-            shift = Y.mean(0, dtype=np.float64) if shift is None else shift
-            c = Y - shift
-            s, ss, n = s + c.sum(0, dtype=np.float64), ss + float((c * c).sum(dtype=np.float64)), n + Y.shape[0]
+            shift = Y[:batch_size].mean(0, dtype=np.float64) if shift is None else shift
             for start in range(0, Y.shape[0], batch_size):
+                c = Y[start : start + batch_size] - shift  # float64, one batch
+                s, ss, n = s + c.sum(0), ss + float((c * c).sum()), n + c.shape[0]
                 x = torch.from_numpy(Y[start : start + batch_size]).to(device)
                 z = model.encode(x, G) if G is not None else model.encode(x)
                 x_hat = model.decode(z)
@@ -81,7 +81,7 @@ def _encode_blocks(model, blocks, device, batch_size: int, progress: bool, total
 def _encode_rows(model, Y: np.ndarray, device, batch_size: int, progress: bool):
     """Sparse codes of all rows of ``Y`` (CSR, float32), reconstruction FVU and per-row cosine."""
     mean = Y.mean(0, dtype=np.float64)
-    sst = float(((Y - mean) ** 2).sum(dtype=np.float64))
+    sst = sum(float(((Y[s : s + 65536] - mean) ** 2).sum()) for s in range(0, Y.shape[0], 65536))  # float64 by block
     codes, sse, cos, _ = _encode_blocks(model, [Y], device, batch_size, progress, Y.shape[0])
     return codes, (sse / sst if sst > 0 else float("nan")), cos
 
