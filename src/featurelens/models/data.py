@@ -96,21 +96,6 @@ class RowSource:
             yield self.chunk(i)
 
 
-def check_blocks_finite(source: RowSource) -> None:
-    """One pass over ``source``: refuse NaN / Inf rows, naming how many there are."""
-    bad, first = 0, None
-    for i, block in enumerate(source.blocks()):
-        rows = np.flatnonzero(~np.isfinite(block).all(axis=1))
-        if rows.size and first is None:
-            first = i * source.chunk_rows + int(rows[0])
-        bad += int(rows.size)
-    if bad:
-        raise ValueError(
-            f"{source.name} has {bad} of {source.n_rows} rows with NaN or Inf values (the first is row {first}). "
-            "Remove or impute those cells first."
-        )
-
-
 class ShuffleBuffer:
     """Training batches from a :class:`RowSource` through a shuffle buffer of whole chunks.
 

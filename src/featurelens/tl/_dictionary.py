@@ -80,9 +80,7 @@ def _encode_blocks(model, blocks, device, batch_size: int, progress: bool, total
 
 def _encode_rows(model, Y: np.ndarray, device, batch_size: int, progress: bool):
     """Sparse codes of all rows of ``Y`` (CSR, float32), reconstruction FVU and per-row cosine."""
-    mean = Y.mean(0, dtype=np.float64)
-    sst = sum(float(((Y[s : s + 65536] - mean) ** 2).sum()) for s in range(0, Y.shape[0], 65536))  # float64 by block
-    codes, sse, cos, _ = _encode_blocks(model, [Y], device, batch_size, progress, Y.shape[0])
+    codes, sse, cos, sst = _encode_blocks(model, [Y], device, batch_size, progress, Y.shape[0])
     return codes, (sse / sst if sst > 0 else float("nan")), cos
 
 
@@ -112,12 +110,16 @@ def _training_features(n: int, rate: np.ndarray) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------------- the shared trainer
+def _constant_error(use_rep: str) -> ValueError:
+    return ValueError(
+        f"adata.obsm[{use_rep!r}] is constant (every cell has the same embedding), so there is nothing for a "
+        "dictionary to learn. Check that the embedding was computed (e.g. `sc.pp.pca`) on the right data."
+    )
+
+
 def _check_learnable(X: np.ndarray, use_rep: str) -> None:
     if X.shape[0] >= 2 and np.all(X == X[0]):
-        raise ValueError(
-            f"adata.obsm[{use_rep!r}] is constant (every cell has the same embedding), so there is nothing for a "
-            "dictionary to learn. Check that the embedding was computed (e.g. `sc.pp.pca`) on the right data."
-        )
+        raise _constant_error(use_rep)
 
 
 def _training_data(X, use_rep: str, train_cfg: TrainConfig, g_batch, dev):
@@ -142,7 +144,7 @@ def _training_data(X, use_rep: str, train_cfg: TrainConfig, g_batch, dev):
             "Remove or impute those cells first."
         )
     if X.n_rows >= 2 and not (m.var > 0).any():
-        _check_learnable(np.zeros((2, 1)), use_rep)  # constant data: the same error as in memory
+        raise _constant_error(use_rep)
     normalizer = Normalizer.from_moments(train_cfg.normalize, m.mean, m.var)
 
     def transform(rows: np.ndarray) -> np.ndarray:

@@ -63,8 +63,10 @@ def check_scvi_model(model, adata: AnnData) -> None:
 def _counts_of(adata: AnnData, layer: str | None):
     """The count matrix of ``layer``, refused when it does not hold non-negative integers."""
     X = expression(adata, layer)
-    vals = X.data if sp.issparse(X) else np.asarray(X).ravel()
-    vals = vals[: 1_000_000]
+    if sp.issparse(X):
+        vals = X.data[:1_000_000]
+    else:  # the first rows only: a matrix on disk is not read whole for the check
+        vals = np.asarray(X[: max(1, 1_000_000 // max(X.shape[1], 1))]).ravel()
     where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
     if vals.size and (vals.min() < 0 or not np.array_equal(vals, np.round(vals))):
         raise ValueError(

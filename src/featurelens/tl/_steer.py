@@ -203,8 +203,9 @@ def _cell_table(adata, idx, z, X0, X1, project) -> pd.DataFrame:
 
 def _check_steer_options(adata, decoder, method, scvi_model, n_deseq, ridge_alpha, opts) -> str:
     """Validate the options and return the method (``None``: posterior for scVI, effect otherwise)."""
+    is_scvi = isinstance(decoder, str) and decoder == "scvi"
     if method is None:
-        method = "posterior" if isinstance(decoder, str) and decoder == "scvi" else "effect"
+        method = "posterior" if is_scvi else "effect"
     check_choice(method, "method", METHODS)
     check_positive_int(n_deseq, "n_deseq")
     check_int(opts["n_bootstrap"], "n_bootstrap", minimum=0)
@@ -212,7 +213,6 @@ def _check_steer_options(adata, decoder, method, scvi_model, n_deseq, ridge_alph
     if opts["pseudocount"] != "auto":
         check_positive(opts["pseudocount"], "pseudocount")
     check_nonnegative(ridge_alpha, "ridge_alpha")
-    is_scvi = isinstance(decoder, str) and decoder == "scvi"
     if is_scvi:
         check_scvi_model(scvi_model, adata)
         check_positive_int(opts["n_samples"], "n_samples", minimum=2)
