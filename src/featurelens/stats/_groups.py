@@ -121,39 +121,130 @@ def selectivity_scores(frac_active: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return avg, p - best_other
 
 
-def pearson_max_partner(X) -> tuple[np.ndarray, np.ndarray]:
+_BLOCK_ENTRIES = 2**23  # float64 entries of one features x block matrix (64 MiB)
+_CHUNK = 2**20  # stored values converted, or (cell, feature, feature) products formed, at a time
+
+
+def _chunks(bounds: np.ndarray, budget: int):
+    """Consecutive ranges ``[a, b)`` of segments with ``bounds[b] - bounds[a] <= budget`` (at least one segment)."""
+    bounds = np.asarray(bounds, dtype=np.int64)
+    n = len(bounds) - 1
+    a = 0
+    while a < n:
+        b = int(np.searchsorted(bounds, bounds[a] + budget, side="right")) - 1
+        b = min(max(b, a + 1), n)
+        yield a, b
+        a = b
+
+
+def _column_moments(Xc: sp.csc_matrix, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """Float64 mean and sample standard deviation of every column, converting ``chunk`` values at a time."""
+    n, m = Xc.shape
+    mean = np.empty(m)
+    sumsq = np.empty(m)
+    for a, b in _chunks(Xc.indptr, chunk):
+        sub = Xc[:, a:b].astype(np.float64)
+        mean[a:b] = np.asarray(sub.mean(axis=0)).ravel()
+        sub.data **= 2
+        sumsq[a:b] = np.asarray(sub.sum(axis=0)).ravel()
+    var = (sumsq - n * mean**2) / max(n - 1, 1)
+    return mean, np.sqrt(np.clip(var, 0, None))
+
+
+def _coactivation(Xc: sp.csc_matrix, Xr: sp.csr_matrix, lo: int, hi: int, out: np.ndarray, chunk: int) -> None:
+    """``out[q - lo, p] = sum_k X[k, q] X[k, p]`` (float64) over the cells where both are stored, ``lo <= q < hi``.
+
+    Every sum adds its products one cell after the other in increasing cell order, the order of
+    scipy's sparse product ``X.T @ X``, so both give the same bits. At most ``chunk`` stored values
+    of the block and ``chunk`` products are held at a time.
+    """
+    m = Xr.shape[1]
+    out.fill(0.0)
+    flat_out = out.reshape(-1)
+    col_bounds = Xc.indptr[lo : hi + 1].astype(np.int64)
+    for e0 in range(int(col_bounds[0]), int(col_bounds[-1]), chunk):
+        e1 = min(e0 + chunk, int(col_bounds[-1]))
+        cells = Xc.indices[e0:e1]
+        vals = Xc.data[e0:e1].astype(np.float64)
+        cols = (np.searchsorted(col_bounds, np.arange(e0, e1), side="right") - 1) * m
+        starts = Xr.indptr[cells].astype(np.int64)
+        lens = Xr.indptr[cells + 1].astype(np.int64) - starts
+        bounds = np.concatenate([[0], np.cumsum(lens)])
+        for a, b in _chunks(bounds, chunk):
+            n_e = lens[a:b]
+            pos = np.arange(bounds[b] - bounds[a]) + np.repeat(starts[a:b] - (bounds[a:b] - bounds[a]), n_e)
+            flat = np.repeat(cols[a:b], n_e) + Xr.indices[pos]
+            np.add.at(flat_out, flat, np.repeat(vals[a:b], n_e) * Xr.data[pos])
+
+
+def _block_best(S: np.ndarray, tmp: np.ndarray, lo: int, n: int, mean: np.ndarray, sd: np.ndarray):
+    """Best partner of every row of the co-activation block ``S`` (overwritten by the correlations)."""
+    b = S.shape[0]
+    q = slice(lo, lo + b)
+    candidate = S != 0  # pairs that are never co-active are not candidates
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        np.multiply((n * mean[q])[:, None], mean[None, :], out=tmp)
+        np.subtract(S, tmp, out=S)
+        np.multiply(((n - 1) * sd[q])[:, None], sd[None, :], out=tmp)
+        np.divide(S, tmp, out=S)
+    candidate &= np.isfinite(S)
+    candidate[np.arange(b), np.arange(lo, lo + b)] = False
+    np.copyto(S, -np.inf, where=~candidate)
+    partner = S.argmax(axis=1)  # the first of equal maxima: ties go to the smaller partner index
+    best = S[np.arange(b), partner]
+    return best, np.where(np.isfinite(best), partner, -1)
+
+
+def pearson_max_partner(X, *, block_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """For every column of ``X``, the largest Pearson correlation with another column and its index.
 
-    Works on a sparse ``X`` without forming a dense cells x features matrix: two columns can
-    only correlate strongly when they are non-zero in the same cells, so only the non-zero
-    entries of ``X^T X`` are examined (a pair that is never co-active has a correlation of at
-    most zero). Columns with zero variance get NaN and partner -1.
+    Two columns can only correlate strongly when they are non-zero in the same cells, so the
+    candidates of a column are the columns that are non-zero in at least one of its cells (a
+    pair that is never co-active has a correlation of at most zero and is not examined). Ties go
+    to the smaller partner index. Columns with zero variance get NaN and partner -1; columns
+    without any candidate get NaN (and partner -1).
+
+    The columns are processed in blocks: for a block, the co-activation sums of its columns with
+    every column (a dense features x block float64 matrix) come from the sparse entries of the
+    cells where the block's columns are non-zero, and are turned into correlations. Memory held:
+    ``X`` once in compressed-column and once in compressed-row form, in its own dtype (the input
+    itself when it is already CSR or CSC), the float64 mean and standard deviation of every column,
+    two features x block float64 matrices, and buffers of a fixed number of stored values and
+    products (about 2**20 each); it grows linearly with the number of features for a fixed block.
+    No features x features matrix and no float64 copy of ``X`` is formed.
+
+    Parameters
+    ----------
+    X
+        Activations, cells x features (dense or sparse).
+    block_size
+        Columns per block; default as many as keep one features x block float64 matrix at
+        about 64 MiB.
+
+    Returns
+    -------
+    The best correlation (float64, NaN where none) and the partner index (int64, -1 where none)
+    of every column.
     """
-    X = sp.csc_matrix(X, dtype=np.float64) if sp.issparse(X) else sp.csc_matrix(np.asarray(X, dtype=np.float64))
-    n = X.shape[0]
-    mean = np.asarray(X.mean(axis=0)).ravel()
-    sq = X.copy()
-    sq.data **= 2
-    var = (np.asarray(sq.sum(axis=0)).ravel() - n * mean**2) / max(n - 1, 1)
-    sd = np.sqrt(np.clip(var, 0, None))
-    S = (X.T @ X).tocoo()
-    off = S.row != S.col
-    i, j, s = S.row[off], S.col[off], S.data[off]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r = (s - n * mean[i] * mean[j]) / ((n - 1) * sd[i] * sd[j])
-    r[~np.isfinite(r)] = np.nan
-    m = X.shape[1]
-    best = np.full(m, -np.inf)
+    if sp.issparse(X):
+        Xc = X if X.format == "csc" else sp.csc_matrix(X)
+        Xr = X if X.format == "csr" else Xc.tocsr()
+    else:
+        Xc = sp.csc_matrix(np.asarray(X))
+        Xr = Xc.tocsr()
+    n, m = Xc.shape
+    mean, sd = _column_moments(Xc, _CHUNK)
+    best = np.full(m, np.nan)
     partner = np.full(m, -1, dtype=np.int64)
-    if r.size:
-        ok = np.isfinite(r)
-        i, j, r = i[ok], j[ok], r[ok]
-        order = np.lexsort((j, -r, i))  # per row: largest r first, ties by smaller partner index
-        i, j, r = i[order], j[order], r[order]
-        first = np.r_[True, i[1:] != i[:-1]]
-        best[i[first]] = r[first]
-        partner[i[first]] = j[first]
-    # columns never co-active with another: their best correlation is at most 0 (not computed)
+    if block_size is None:
+        block_size = _BLOCK_ENTRIES // max(m, 1)
+    block_size = int(min(max(block_size, 1), max(m, 1)))
+    S = np.empty((block_size, m))
+    tmp = np.empty((block_size, m))
+    for lo in range(0, m, block_size):
+        hi = min(lo + block_size, m)
+        _coactivation(Xc, Xr, lo, hi, S[: hi - lo], _CHUNK)
+        best[lo:hi], partner[lo:hi] = _block_best(S[: hi - lo], tmp[: hi - lo], lo, n, mean, sd)
     best[~np.isfinite(best)] = np.nan
     best[sd == 0] = np.nan
     partner[sd == 0] = -1

@@ -84,6 +84,12 @@ def _resolve_tests_params(entry: dict, test, pval_cutoff, adjusted, direction) -
 
 
 # ----------------------------------------------------------------------------- concept space
+def _annotated_features(index: pd.Index, sel: pd.DataFrame) -> pd.Index:
+    """The features of ``index`` (as strings, in its order) that have a row in ``sel``, by one hash look-up each."""
+    names = index.astype(str)
+    return pd.Index(names[names.isin(pd.unique(sel["feature"]))], name="feature")
+
+
 def _umap(M: sp.csr_matrix, *, n_neighbors, min_dist, spread, metric, random_state) -> np.ndarray:
     """2-D UMAP coordinates of the rows of the binary feature x term matrix."""
     with warnings.catch_warnings():
@@ -186,6 +192,12 @@ def concept_space(
     term, and a tie goes to the category that is rarer among all terms of the space (the more specific
     one), then alphabetically.
 
+    Every step is linear in the number of significant (feature, term) rows and of features, except
+    UMAP's neighbour search. Memory held: the significant rows (feature, term and name as strings),
+    the sparse binary feature x term matrix, the per-term categories and UMAP's sparse neighbour
+    graph and layout (a fixed number of neighbours per feature); no features x features matrix
+    is formed.
+
     Parameters
     ----------
     adata
@@ -248,7 +260,7 @@ def concept_space(
     tests = list(check_choices(test, "test", TESTS))
     bar = tqdm(total=3, desc="concept space: terms", disable=not progress, leave=False)
     sel = significant_terms(entry, key, test=tests, pval_cutoff=pval_cutoff, adjusted=adjusted, direction=direction)
-    features = pd.Index([f for f in entry["features"].index.astype(str) if f in set(sel["feature"])], name="feature")
+    features = _annotated_features(entry["features"].index, sel)
     if len(features) < 4:
         raise ValueError(
             f"Only {len(features)} feature(s) have a term with {'padj' if adjusted else 'p'} < {pval_cutoff:g} "
