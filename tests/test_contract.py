@@ -286,7 +286,7 @@ def test_sae_and_icfl_share_their_common_keywords():
         if n != "normalize":  # DESIGN: SAEs scale ("scale"), ICFL works on unit-norm rows ("unit")
             assert a.default == b.default, n
     tail = ["lr", "batch_size", "n_steps", "normalize", "dead_window", "log_every", "device", "random_state",
-            "checkpoint", "checkpoint_every", "resume", "progress", "key_added", "copy", "mod"]  # fmt: skip
+            "checkpoint", "checkpoint_every", "resume", "out", "progress", "key_added", "copy", "mod"]  # fmt: skip
     assert list(sae)[-len(tail) :] == tail and list(icfl)[-len(tail) :] == tail
 
 

@@ -142,3 +142,15 @@ def test_streamed_run_resumes_bit_for_bit(planted, monkeypatch, tmp_path):
     fl.tl.sae(lazy, "X_emb", n_features=64, n_steps=300, batch_size=128, checkpoint=path, checkpoint_every=45,
               resume=True, progress=False)  # fmt: skip
     np.testing.assert_array_equal(lazy.uns["sae"]["decoder"], full.uns["sae"]["decoder"])
+
+
+def test_memory_sampler_moves_batches_not_the_data_to_the_device():
+    from featurelens.models.data import MemorySampler
+
+    X = torch.arange(60, dtype=torch.float32).reshape(20, 3)
+    same = MemorySampler(X, torch.Generator().manual_seed(0))
+    moved = MemorySampler(X, torch.Generator().manual_seed(0), device="meta")
+    a, b = same.batch(5), moved.batch(5)
+    assert a.device.type == "cpu" and b.device.type == "meta" and b.shape == (5, 3)
+    assert moved.X.device.type == "cpu"  # the data stays in host memory
+    np.testing.assert_array_equal(same.state_dict()["perm"], moved.state_dict()["perm"])  # same batch order

@@ -49,8 +49,27 @@ def _with_params(func: Callable, wrapper: Callable, extra: list[inspect.Paramete
     wrapper.__doc__ = doc
 
 
+def _backed_error(adata, what: str) -> ValueError:
+    mode = getattr(getattr(adata, "file", None), "_filemode", "r")
+    return ValueError(
+        f"{what} of an AnnData backed by {adata.filename} (mode {mode!r}): anndata cannot do that without loading "
+        "the whole matrix. Pass the backed object itself with copy=False: featurelens reads the matrix on disk block "
+        "by block and writes its results into the object's obs / obsm / uns in memory; save them with "
+        "`adata.write_h5ad(new_path)`. Or load it first with `adata = adata.to_memory()` (a subset: "
+        "`adata[mask].to_memory()`)."
+    )
+
+
+def _copy(adata):
+    if adata.isbacked:
+        raise _backed_error(adata, "copy=True asks for a copy")
+    return adata.copy()
+
+
 def _actual(adata):
     """``adata`` itself, turned from a view into an actual AnnData (as scanpy does, with a warning)."""
+    if adata.is_view and adata.isbacked:
+        raise _backed_error(adata, "Results cannot be written into a view")
     if adata.is_view:
         warnings.warn(
             "Received a view of an AnnData. Making a copy so results can be written to it.",
@@ -76,7 +95,7 @@ def tool(func: Callable) -> Callable:
         if mod is not None:
             raise ValueError("mod= is only used with a MuData; pass the AnnData of the modality instead.")
         check_adata(data)
-        target = data.copy() if copy else _actual(data)
+        target = _copy(data) if copy else _actual(data)
         out = func(target, *args, **kwargs)
         if out is not None:  # pragma: no cover - a tool must not return what it stores
             raise RuntimeError(f"{func.__name__} returned a value; tools store their results and return None.")

@@ -13,6 +13,7 @@ import numpy as np
 import scipy.sparse as sp
 from anndata import AnnData
 
+from .._blockwise import is_lazy, row_blocks, to_memory
 from ..models.preprocess import Preprocess
 from ._storage import available_reps, embedding
 from ._warn import warn
@@ -59,6 +60,21 @@ def get_entry(adata: AnnData, key: str) -> dict:
     entry = adata.uns[key]
     if not isinstance(entry, dict) or "decoder" not in entry or "params" not in entry:
         raise ValueError(f"adata.uns[{key!r}] is not a featurelens dictionary (no 'decoder'/'params').")
+    return in_memory(entry)
+
+
+def in_memory(entry: dict) -> dict:
+    """Read, in place, the values of an uns entry that an AnnData read lazily left on disk.
+
+    ``anndata.experimental.read_lazy`` keeps arrays of ``uns`` as dask arrays and data frames as
+    xarray-backed ``Dataset2D``; the per-feature results are small, so they are loaded (once) and
+    the tools update them like those of any AnnData.
+    """
+    for k, v in list(entry.items()):
+        if isinstance(v, dict):
+            in_memory(v)
+        elif is_lazy(v):
+            entry[k] = v.to_memory() if hasattr(v, "to_memory") else to_memory(v)
     return entry
 
 
@@ -83,10 +99,28 @@ def activations(adata: AnnData, key: str) -> sp.csr_matrix:
             f"adata.obsm[{obsm_key!r}] has shape {Z.shape}, but dictionary {key!r} has {n_feat} features for "
             f"{adata.n_obs} cells; recompute it with `fl.tl.encode(adata, {key!r})`."
         )
-    Z = Z if sp.isspmatrix_csr(Z) and Z.dtype == np.float32 else sp.csr_matrix(Z, dtype=np.float32)
+    Z = _codes_in_memory(Z)
     if Z.nnz and not np.isfinite(Z.data).all():
         raise ValueError(f"adata.obsm[{obsm_key!r}] contains NaN or Inf; recompute it with `fl.tl.encode`.")
     return Z
+
+
+def _codes_in_memory(Z) -> sp.csr_matrix:
+    """Activations as CSR float32; codes on disk or in a dask array are read block by block.
+
+    The codes are sparse (a few active features per cell), so they are held in memory: one
+    float32 value and one int32 index per non-zero, whatever the storage.
+    """
+    if sp.isspmatrix_csr(Z) and Z.dtype == np.float32:
+        return Z
+    if not is_lazy(Z):
+        return sp.csr_matrix(Z, dtype=np.float32)
+    parts = []
+    for _, _, blk in row_blocks(Z):
+        blk = sp.csr_matrix(blk, dtype=np.float32)
+        blk.eliminate_zeros()
+        parts.append(blk)
+    return sp.vstack(parts, format="csr", dtype=np.float32) if len(parts) > 1 else parts[0]
 
 
 def feature_column(adata: AnnData, key: str, j: int) -> np.ndarray:
@@ -208,14 +242,19 @@ def prepared_input(adata: AnnData, entry: dict, use_rep: str | None, whiten: boo
     rep, apply_white = resolve_input(adata, entry, use_rep, whiten)
     X = embedding(adata, rep)
     pre = preprocess_of(entry)
-    n_in = input_dim(entry, apply_white)
-    if X.shape[1] != n_in:
-        raise ValueError(
-            f"adata.obsm[{rep!r}] has {X.shape[1]} dimensions but the dictionary expects {n_in}"
-            f"{' (before whitening)' if apply_white else ''}. Use the embedding the dictionary was trained on."
-        )
+    check_input_dim(X.shape[1], entry, rep, apply_white)
     Y, ctx = pre.transform(X, whiten=apply_white)
     return rep, X, Y, ctx, pre
+
+
+def check_input_dim(n_cols: int, entry: dict, rep: str, whitened: bool) -> None:
+    """Raise a clear error unless an embedding of ``n_cols`` dimensions fits the dictionary."""
+    n_in = input_dim(entry, whitened)
+    if n_cols != n_in:
+        raise ValueError(
+            f"adata.obsm[{rep!r}] has {n_cols} dimensions but the dictionary expects {n_in}"
+            f"{' (before whitening)' if whitened else ''}. Use the embedding the dictionary was trained on."
+        )
 
 
 def decode_codes(model, Z, batch_size: int = 8192) -> np.ndarray:

@@ -36,6 +36,15 @@ SNIPPETS: dict[str, str] = {
     "adjusted": (
         "adjusted\n        Apply ``pval_cutoff`` to the Benjamini-Hochberg adjusted p-value instead of the raw one."
     ),
+    "codes_out": (
+        "out\n"
+        "        Write the activations into an on-disk store instead of memory: a path (``.h5`` / ``.h5ad`` for\n"
+        "        HDF5, anything else for zarr) or an open zarr / h5py group, opened for writing. They are stored,\n"
+        "        as they are computed, as the sparse (CSR) element ``obsm/X_{key_added}`` of the store, and\n"
+        "        ``adata.obsm`` receives them read lazily (a dask array) which every featurelens tool reads block\n"
+        '        by block. The path of the h5ad file a backed AnnData was opened from (``backed="r+"``) makes\n'
+        "        them part of that file. Memory then no longer grows with the number of cells."
+    ),
     "checkpoint": (
         "checkpoint, checkpoint_every, resume\n"
         "        Write the whole training state (weights, optimiser, step, batch order, random generators,\n"

@@ -14,6 +14,8 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+from .._blockwise import is_lazy, row_blocks, to_memory
+
 #: rows checked at a time for NaN / Inf in a dense matrix (bounds the temporary boolean array)
 _ROWS = 4096
 
@@ -84,10 +86,8 @@ def embedding(adata: AnnData, use_rep: str, *, what: str = "use_rep", copy: bool
 
 
 def is_out_of_core(X) -> bool:
-    """Whether ``X`` is read from disk or computed lazily (dask, h5py, zarr, memmap) rather than in memory."""
-    if isinstance(X, np.memmap):
-        return True
-    return type(X).__module__.split(".")[0] in ("dask", "h5py", "zarr")
+    """Whether ``X`` is read from disk or computed lazily (dask, h5py, zarr, a backed AnnData, memmap)."""
+    return is_lazy(X)
 
 
 def embedding_source(adata: AnnData, use_rep: str, *, what: str = "use_rep"):
@@ -155,8 +155,11 @@ def expression(adata: AnnData, layer: str | None = None, *, nonnegative: bool = 
             f"adata.var_names are not unique ({adata.var_names.duplicated().sum()} duplicates, e.g. "
             f"{', '.join(map(repr, dup))}); call `adata.var_names_make_unique()` first."
         )
-    X = sp.csr_matrix(X) if sp.issparse(X) and not sp.isspmatrix_csr(X) else X
-    X = X if sp.issparse(X) else np.asarray(X)
+    if not is_lazy(X):
+        X = sp.csr_matrix(X) if sp.issparse(X) and not sp.isspmatrix_csr(X) else X
+        X = X if sp.issparse(X) else np.asarray(X)
+    if X.shape != (adata.n_obs, adata.n_vars):
+        raise ValueError(f"{_layer_name(layer)} has shape {X.shape}, expected (n_obs, n_vars) = {adata.shape}.")
     if not np.issubdtype(X.dtype, np.number):
         raise ValueError(f"{_layer_name(layer)} must be numeric, got dtype {X.dtype}.")
     _check_expression_values(X, layer, nonnegative)
@@ -164,9 +167,13 @@ def expression(adata: AnnData, layer: str | None = None, *, nonnegative: bool = 
 
 
 def _blocks(X):
-    """The stored values of a sparse matrix, or row blocks of a dense one."""
+    """The stored values of a sparse matrix, or row blocks of a dense one (read block by block from disk)."""
     if sp.issparse(X):
         yield X.data
+        return
+    if is_lazy(X):
+        for _, _, blk in row_blocks(X):
+            yield blk.data if sp.issparse(blk) else blk
         return
     for s in range(0, X.shape[0], _ROWS):
         yield X[s : s + _ROWS]
@@ -192,10 +199,17 @@ def _check_expression_values(X, layer: str | None, nonnegative: bool) -> None:
         )
 
 
+def lowest_value(X) -> float:
+    """The smallest value of ``X`` (0 for an empty matrix; implicit zeros of a sparse one do not count)."""
+    return min((float(b.min()) for b in _blocks(X) if b.size), default=0.0)
+
+
 def looks_log1p(adata: AnnData, X, layer: str | None) -> bool:
     """Whether expression looks ``log1p``-transformed: ``uns["log1p"]`` for ``X``, else non-integer values < 50."""
     if layer is None and "log1p" in adata.uns:
         return True
+    if is_lazy(X):  # the first block of rows
+        X = to_memory(X[: min(X.shape[0], 4096)])
     data = X.data if sp.issparse(X) else np.asarray(X).ravel()
     sample = data[: min(data.size, 200000)]
     if sample.size == 0:
@@ -204,11 +218,16 @@ def looks_log1p(adata: AnnData, X, layer: str | None) -> bool:
     return bool(not integer and sample.max() < 50)
 
 
-def resolve_log1p(adata: AnnData, X, layer: str | None, log1p: bool | None) -> bool:
-    """``log1p`` or its detected value; a log1p matrix must not hold negative values."""
+def resolve_log1p(
+    adata: AnnData, X, layer: str | None, log1p: bool | None, *, nonnegative_checked: bool = False
+) -> bool:
+    """``log1p`` or its detected value; a log1p matrix must not hold negative values.
+
+    ``nonnegative_checked`` says that :func:`expression` has already checked (skips a pass over ``X``).
+    """
     is_log = looks_log1p(adata, X, layer) if log1p is None else bool(log1p)
-    if is_log:
-        lowest = min((float(b.min()) for b in _blocks(X) if b.size), default=0.0)
+    if is_log and not nonnegative_checked:
+        lowest = lowest_value(X)
         if lowest < 0:
             source = (
                 "adata.uns['log1p'] is set"
@@ -228,7 +247,10 @@ def obs_column(adata: AnnData, column: str, *, what: str = "groupby") -> pd.Seri
     """``adata.obs[column]`` or a clear error naming the columns present."""
     if not isinstance(column, str) or column not in adata.obs:
         raise ValueError(f"`{what}={column!r}` is not a column of adata.obs, which has {available(adata.obs.columns)}.")
-    return adata.obs[column]
+    col = adata.obs[column]
+    if not isinstance(col, pd.Series):  # an AnnData read lazily holds obs as an xarray dataset
+        col = col.to_pandas() if hasattr(col, "to_pandas") else pd.Series(np.asarray(col), index=adata.obs_names)
+    return col
 
 
 def group_codes(

@@ -198,11 +198,17 @@ class ShuffleBuffer:
 
 
 class MemorySampler:
-    """Batches of rows of an in-memory tensor, without replacement epoch by epoch."""
+    """Batches of rows of an in-memory tensor, without replacement epoch by epoch.
 
-    def __init__(self, X: torch.Tensor, generator: torch.Generator):
+    The tensor stays where it is (host memory for an embedding held by an AnnData); every batch is
+    gathered there and moved to ``device`` (default: the tensor's), so a GPU holds one batch at a
+    time, not the embedding.
+    """
+
+    def __init__(self, X: torch.Tensor, generator: torch.Generator, device: torch.device | str | None = None):
         self.X, self.generator = X, generator
-        self.device = X.device
+        self.device = X.device if device is None else torch.device(device)
+        self._pin = self.device.type == "cuda" and X.device.type == "cpu"
         self.perm = torch.randperm(X.shape[0], generator=generator)
         self.pos = 0
 
@@ -218,7 +224,10 @@ class MemorySampler:
             self.pos = 0
         idx = self.perm[self.pos : self.pos + batch_size].to(self.X.device)
         self.pos += batch_size
-        return self.X[idx]
+        rows = self.X[idx]
+        if rows.device == self.device:
+            return rows
+        return (rows.pin_memory() if self._pin else rows).to(self.device, non_blocking=self._pin)
 
     def state_dict(self) -> dict:
         """The row order and the position in it."""

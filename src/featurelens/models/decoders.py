@@ -14,6 +14,8 @@ from typing import Protocol
 import numpy as np
 import scipy.sparse as sp
 
+from .._blockwise import reduce_rows
+
 
 class ExpressionDecoder(Protocol):
     """What steering needs of a decoder."""
@@ -63,35 +65,30 @@ class RidgeDecoder:
         return {"r2": self.r2_total, "ridge_alpha": self.alpha}
 
     @classmethod
-    def fit(cls, X: np.ndarray, Y, alpha: float = 1.0) -> RidgeDecoder:
-        """Fit on embedding ``X`` (n x d) and expression ``Y`` (n x genes, sparse or dense)."""
+    def fit(cls, X: np.ndarray, Y, alpha: float = 1.0, *, rows: np.ndarray | None = None) -> RidgeDecoder:
+        """Fit on embedding ``X`` (n x d) and expression ``Y`` (n x genes, sparse or dense, in memory or on disk).
+
+        With ``rows`` (a boolean mask), only those rows are used. ``Y`` is read once, block by block.
+        """
         X = np.asarray(X, dtype=np.float64)
-        n, d = X.shape
-        if Y.shape[0] != n:
-            raise ValueError(f"X has {n} rows but Y has {Y.shape[0]}.")
+        if Y.shape[0] != X.shape[0]:
+            raise ValueError(f"X has {X.shape[0]} rows but Y has {Y.shape[0]}.")
         if alpha < 0:
             raise ValueError(f"alpha must be >= 0, got {alpha}.")
-        mx = X.mean(0)
-        Xc = X - mx
-        if sp.issparse(Y):
-            Y = sp.csr_matrix(Y, dtype=np.float64)
-            my = np.asarray(Y.mean(0)).ravel()
-            XtY = np.asarray((Y.T @ Xc).T)  # sum_i (x_i - mx) y_i; the centring of Y drops out
-            sq = np.asarray(Y.multiply(Y).sum(0)).ravel()
-        else:
-            Y = np.asarray(Y, dtype=np.float64)
-            my = Y.mean(0)
-            XtY = Xc.T @ Y
-            sq = np.einsum("ij,ij->j", Y, Y)
+        keep = np.ones(X.shape[0], bool) if rows is None else np.asarray(rows, bool)
+        Xk = X[keep]
+        n, d = Xk.shape
+        mx = Xk.mean(0)
+        Xc = Xk - mx
+        XtY, sum_y, sq = reduce_rows(_cross_sums, Y, args=_row_args(X, keep, mx), rows=_block(Y.shape[1]))
+        my = sum_y / n  # sum_i (x_i - mx) y_i: the centring of Y drops out
         G = Xc.T @ Xc
         coef = np.linalg.solve(G + alpha * np.eye(d), XtY)
         ss_tot = sq - n * my**2
         # residual sum of squares of the centred fit: ss_tot - 2 w'X'y + w'X'X w
         ss_res = ss_tot - 2 * np.einsum("dg,dg->g", coef, XtY) + np.einsum("dg,dg->g", coef, G @ coef)
         ss_res = np.maximum(ss_res, 0.0)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            r2 = np.where(ss_tot > 1e-12 * max(1.0, float(ss_tot.max(initial=0.0))), 1 - ss_res / ss_tot, np.nan)
-        total = float(1 - ss_res.sum() / ss_tot.sum()) if ss_tot.sum() > 0 else float("nan")
+        r2, total = _r2(ss_res, ss_tot)
         return cls(coef=coef, intercept=my - mx @ coef, alpha=float(alpha), r2=r2, r2_total=total)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
@@ -103,39 +100,80 @@ class RidgeDecoder:
         """Fit on all rows, with ``r2`` measured on a held-out ``holdout`` fraction by a fit on the others.
 
         The R² of a gene says how well the embedding predicts it on cells the regression has not
-        seen; genes the decoder cannot predict get a low (or negative) held-out R².
+        seen; genes the decoder cannot predict get a low (or negative) held-out R². ``Y`` is read
+        block by block, three times (the two fits and the held-out residuals).
         """
         n = X.shape[0]
         rng = np.random.default_rng(random_state)
         test = np.zeros(n, bool)
         test[rng.choice(n, max(1, round(holdout * n)), replace=False)] = True
-        part = cls.fit(np.asarray(X)[~test], Y[np.flatnonzero(~test)], alpha=alpha)
-        r2, total = r2_per_gene(part.predict, np.asarray(X)[test], Y[np.flatnonzero(test)])
+        part = cls.fit(X, Y, alpha=alpha, rows=~test)
+        r2, total = r2_per_gene(part.predict, X, Y, rows=test)
         full = cls.fit(X, Y, alpha=alpha)
         return cls(coef=full.coef, intercept=full.intercept, alpha=full.alpha, r2=r2, r2_total=total)
 
 
-def r2_per_gene(predict, X: np.ndarray, Y, *, chunk_size: int = 4096) -> tuple[np.ndarray, float]:
-    """R2 per gene and overall of ``predict(X)`` against ``Y`` (sparse or dense), accumulated in row chunks."""
-    n = X.shape[0]
-    ss_res = None
-    for s in range(0, n, chunk_size):
-        P = np.asarray(predict(X[s : s + chunk_size]), dtype=np.float64)
-        blk = Y[s : s + chunk_size]
-        blk = blk.toarray() if sp.issparse(blk) else np.asarray(blk, dtype=np.float64)
-        part = ((blk - P) ** 2).sum(0)
-        ss_res = part if ss_res is None else ss_res + part
-    if sp.issparse(Y):
-        Yc = sp.csr_matrix(Y, dtype=np.float64)
-        my = np.asarray(Yc.mean(0)).ravel()
-        ss_tot = np.asarray(Yc.multiply(Yc).sum(0)).ravel() - n * my**2
-    else:
-        Yd = np.asarray(Y, dtype=np.float64)
-        ss_tot = ((Yd - Yd.mean(0)) ** 2).sum(0)
+def _row_args(X: np.ndarray, keep: np.ndarray, shift: np.ndarray | None = None):
+    """Per-block inputs of a reduction over ``Y``: the kept rows of ``X`` (minus ``shift``) and the row mask."""
+
+    def args(s: int, e: int):
+        k = keep[s:e]
+        xb = X[s:e][k]
+        return (xb - shift if shift is not None else xb), k
+
+    return args
+
+
+def _block(n_genes: int) -> int:
+    """Rows per block so that a dense float64 block of ``n_genes`` columns holds about 32 MB."""
+    return max(256, min(65536, int(2**25 // (8 * max(n_genes, 1)))))
+
+
+def _as_float(blk):
+    return sp.csr_matrix(blk, dtype=np.float64) if sp.issparse(blk) else np.asarray(blk, dtype=np.float64)
+
+
+def _cross_sums(s: int, e: int, blk, xc: np.ndarray, keep: np.ndarray):
+    """``xc' y``, the sums and the sums of squares of the kept rows of one block of ``Y``."""
+    y = _as_float(blk[np.flatnonzero(keep)])
+    if sp.issparse(y):
+        return np.asarray((y.T @ xc).T), np.asarray(y.sum(0)).ravel(), np.asarray(y.multiply(y).sum(0)).ravel()
+    return xc.T @ y, y.sum(0), np.einsum("ij,ij->j", y, y)
+
+
+def _r2(ss_res: np.ndarray, ss_tot: np.ndarray) -> tuple[np.ndarray, float]:
     with np.errstate(divide="ignore", invalid="ignore"):
         r2 = np.where(ss_tot > 1e-12 * max(1.0, float(ss_tot.max(initial=0.0))), 1 - ss_res / ss_tot, np.nan)
     total = float(1 - ss_res.sum() / ss_tot.sum()) if ss_tot.sum() > 0 else float("nan")
     return r2, total
+
+
+def _residual_sums(s: int, e: int, blk, x: np.ndarray, keep: np.ndarray, predict, genes):
+    """Residual sums of squares, sums and sums of squares of the kept rows of one block of ``Y``."""
+    y = blk[np.flatnonzero(keep)]
+    if genes is not None:
+        y = y[:, genes]
+    y = _as_float(y)
+    y = y.toarray() if sp.issparse(y) else y
+    P = np.asarray(predict(x), dtype=np.float64)
+    return ((y - P) ** 2).sum(0), y.sum(0), np.einsum("ij,ij->j", y, y)
+
+
+def r2_per_gene(predict, X: np.ndarray, Y, *, rows: np.ndarray | None = None, genes=None) -> tuple[np.ndarray, float]:
+    """R2 per gene and overall of ``predict(X)`` against ``Y`` (or its columns ``genes``), block by block.
+
+    ``Y`` may be sparse or dense, in memory or on disk; with ``rows`` (a boolean mask) only those
+    rows count. Each block is densified on its own (bounded memory).
+    """
+    import functools
+
+    keep = np.ones(X.shape[0], bool) if rows is None else np.asarray(rows, bool)
+    n = int(keep.sum())
+    fn = functools.partial(_residual_sums, predict=predict, genes=genes)
+    n_genes = Y.shape[1] if genes is None else len(genes)
+    ss_res, sum_y, sq = reduce_rows(fn, Y, args=_row_args(X, keep), rows=_block(n_genes))
+    ss_tot = sq - sum_y**2 / max(n, 1)
+    return _r2(ss_res, ss_tot)
 
 
 @dataclass
@@ -168,15 +206,18 @@ class LinearMapDecoder:
         """From the PCA loadings ``PCs`` (genes x d), the embedding ``X`` and the expression ``E``."""
         PCs = np.asarray(PCs, dtype=np.float64)
         genes = np.flatnonzero(np.abs(PCs).sum(1) > 0)
-        Eg = E[:, genes]
-        mean = np.asarray(Eg.mean(0)).ravel()
+        mean = reduce_rows(_column_sums, E, args=lambda s, e: (genes,)) / E.shape[0]
         load = PCs[genes].T
-        r2, total = r2_per_gene(lambda Z: np.asarray(Z, dtype=np.float64) @ load + mean, X, Eg)
+        r2, total = r2_per_gene(lambda Z: np.asarray(Z, dtype=np.float64) @ load + mean, X, E, genes=genes)
         return cls(loadings=load, mean=mean, gene_idx=genes, r2=r2, r2_total=total)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Predicted expression of rows of ``X``."""
         return np.asarray(X, dtype=np.float64) @ self.loadings + self.mean
+
+
+def _column_sums(s: int, e: int, blk, genes: np.ndarray) -> np.ndarray:
+    return np.asarray(_as_float(blk[:, genes]).sum(0)).ravel()
 
 
 @dataclass

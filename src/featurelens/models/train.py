@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -315,14 +316,14 @@ def fit(
     resume: bool = False,
     run: dict | None = None,
 ) -> tuple[list[dict], DeadTracker]:
-    """Train ``model`` on the rows of ``X`` (already on the model's device).
+    """Train ``model`` on the rows of ``X`` (batches are moved to the model's device one at a time).
 
     Parameters
     ----------
     model
         A learner (see the module docstring).
     X
-        Training data: a float32 tensor ``(n, d)`` on the model's device, or a sampler with
+        Training data: a float32 tensor ``(n, d)`` (on any device), or a sampler with
         ``n_rows``, ``device``, ``batch(size)`` and ``state_dict()`` / ``load_state_dict()`` such as
         :class:`~featurelens.models.data.ShuffleBuffer` (data streamed from disk).
     n_steps
@@ -362,7 +363,7 @@ def fit(
         When the loss or a gradient is NaN or infinite. The offending update is not applied,
         so the model keeps the last finite weights.
     """
-    sampler = X if hasattr(X, "batch") else MemorySampler(X, generator)
+    sampler = X if hasattr(X, "batch") else MemorySampler(X, generator, device=_model_device(model))
     n = sampler.n_rows
     batch_size = int(min(batch_size, n))
     log_every = int(log_every) if log_every else max(1, n_steps // 100)
@@ -379,6 +380,7 @@ def fit(
     history = loop.history
     every = max(1, int(checkpoint_every))
     bar = tqdm(total=n_steps, initial=loop.step, desc=desc, disable=not progress, leave=False)
+    t0 = time.perf_counter()
     try:
         for step in range(loop.step, n_steps):
             xb = sampler.batch(batch_size)
@@ -397,6 +399,7 @@ def fit(
                 row["dead_fraction"] = tracker.dead_fraction()
                 row["n_dead"] = tracker.n_dead()
                 row["lr"] = float(scheduler.get_last_lr()[0])
+                row["seconds"] = time.perf_counter() - t0  # wall time of this call's steps so far
                 history.append(row)
                 bar.set_postfix(loss=f"{row['loss']:.4g}", fvu=f"{row.get('fvu', math.nan):.3f}", refresh=False)
             bar.update(1)
@@ -406,6 +409,11 @@ def fit(
     finally:
         bar.close()
     return history, tracker
+
+
+def _model_device(model) -> torch.device:
+    """The device of the model's parameters (the CPU for a model without any)."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
 def history_frame(history: list[dict]):

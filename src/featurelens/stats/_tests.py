@@ -34,6 +34,8 @@ class SetMoments:
     sum: np.ndarray
     sumsq: np.ndarray
     sum_transformed: np.ndarray | None = None
+    #: number of rows of the set with a value > 0 (with ``detected=True``)
+    detected: np.ndarray | None = None
 
     @property
     def mean(self) -> np.ndarray:
@@ -55,24 +57,88 @@ try:
     _HAVE_NUMBA = True
 
     @njit(cache=True, nogil=True, parallel=True, boundscheck=False)
-    def _sparse_set_sums(set_ptr, set_rows, x_ptr, x_cols, x_vals, out):
-        """``out[s, g, q] += x_vals[j, q]`` over the non-zeros ``j = (r, g)`` of the rows ``r`` of set ``s``."""
+    def _sparse_set_sums(set_ptr, set_rows, x_ptr, x_cols, x_vals, t_vals, mode, out):
+        """Sums over the non-zeros ``j = (r, g)`` of the rows ``r`` of every set ``s`` into ``out[s, g, :]``.
+
+        Channels: value, squared value, transformed value (``mode`` 1: ``expm1`` of the value,
+        2: ``t_vals[j]``, 0: not computed) and value > 0. Values are read in their stored dtype
+        and summed in float64.
+        """
         for s in prange(set_ptr.shape[0] - 1):
             for a in range(set_ptr[s], set_ptr[s + 1]):
                 r = set_rows[a]
                 for j in range(x_ptr[r], x_ptr[r + 1]):
                     g = x_cols[j]
-                    out[s, g, 0] += x_vals[j, 0]
-                    out[s, g, 1] += x_vals[j, 1]
-                    out[s, g, 2] += x_vals[j, 2]
+                    v = np.float64(x_vals[j])
+                    out[s, g, 0] += v
+                    out[s, g, 1] += v * v
+                    if mode == 1:
+                        out[s, g, 2] += np.expm1(v)
+                    elif mode == 2:
+                        out[s, g, 2] += t_vals[j]
+                    if v > 0:
+                        out[s, g, 3] += 1.0
 
 except ImportError:  # pragma: no cover
     _HAVE_NUMBA = False
 
 
-def _dense_block(X, rows: slice) -> np.ndarray:
-    blk = X[rows]
-    return blk.toarray() if sp.issparse(blk) else np.asarray(blk)
+def _sparse_block_sums(blk: sp.csr_matrix, part: sp.csr_matrix, transform) -> np.ndarray:
+    """The four channels of :func:`_sparse_set_sums` for one CSR block and its indicator rows."""
+    out = np.zeros((part.shape[0], blk.shape[1], 4), dtype=np.float64)
+    if part.nnz == 0 or blk.nnz == 0:
+        return out
+    if not _HAVE_NUMBA:  # pragma: no cover
+        ones = sp.csr_matrix((np.ones(part.nnz), part.indices, part.indptr), shape=part.shape)
+        b = sp.csr_matrix(blk, dtype=np.float64)
+        chans = [b, b.multiply(b), b.copy(), b > 0]
+        if transform is not None:
+            chans[2].data = transform(chans[2].data)
+        for c, m in enumerate(chans):
+            out[:, :, c] = (ones @ sp.csr_matrix(m, dtype=np.float64)).toarray()
+        return out
+    mode = 0 if transform is None else (1 if transform is np.expm1 else 2)
+    t_vals = np.asarray(transform(blk.data.astype(np.float64)), np.float64) if mode == 2 else np.zeros(1)
+    data = blk.data if blk.data.dtype in (np.float32, np.float64) else blk.data.astype(np.float64)
+    _sparse_set_sums(
+        part.indptr.astype(np.int64),
+        part.indices.astype(np.int64),
+        blk.indptr.astype(np.int64),
+        blk.indices.astype(np.int64),
+        data,
+        t_vals,
+        mode,
+        out,
+    )
+    return out
+
+
+def _dense_block_sums(blk: np.ndarray, part: sp.csr_matrix, transform) -> np.ndarray:
+    """The four channels for one dense block: sparse indicator x dense products of the used rows."""
+    import torch
+
+    out = np.zeros((part.shape[0], blk.shape[1], 4), dtype=np.float64)
+    if part.nnz == 0:
+        return out
+    used = np.unique(part.indices)
+    b = np.asarray(blk[used], dtype=np.float64)
+    chans = [b, b * b, transform(b) if transform is not None else np.zeros_like(b), (b > 0).astype(np.float64)]
+    sub = part[:, used].tocsr()
+    t = torch.sparse_csr_tensor(
+        torch.from_numpy(sub.indptr.astype(np.int64)),
+        torch.from_numpy(sub.indices.astype(np.int64)),
+        torch.from_numpy(np.ones(sub.nnz)),
+        size=sub.shape,
+        check_invariants=False,
+    )
+    prod = (t @ torch.from_numpy(np.concatenate(chans, axis=1))).numpy()
+    return np.ascontiguousarray(prod.reshape(part.shape[0], 4, blk.shape[1]).transpose(0, 2, 1))
+
+
+def _block_sums(start: int, stop: int, blk, part: sp.csr_matrix, transform=None) -> np.ndarray:
+    if sp.issparse(blk):
+        return _sparse_block_sums(sp.csr_matrix(blk), part, transform)
+    return _dense_block_sums(blk, part, transform)
 
 
 def set_moments(
@@ -87,78 +153,46 @@ def set_moments(
     Parameters
     ----------
     X
-        Data, rows x columns (e.g. cells x genes), dense or sparse.
+        Data, rows x columns (e.g. cells x genes): dense or sparse, in memory or on disk (h5py,
+        zarr, a backed AnnData's sparse dataset, a dask array; see :mod:`featurelens._blockwise`).
     indicator
         Sparse ``n_sets x n_rows`` 0/1 matrix: row ``s`` marks the members of set ``s``.
     transform
         Optional element-wise function (with ``f(0) == 0``, e.g. :func:`numpy.expm1`) whose
         per-set column sums are returned as well.
     row_chunk
-        Rows of a dense ``X`` processed at a time (default: about 64 MB per block).
+        Rows read at a time (default: all of a sparse matrix in memory, otherwise blocks of about
+        256 MB of stored values).
 
     Returns
     -------
-    :class:`SetMoments` in float64. A sparse ``X`` is summed row by row in a parallel
-    compiled kernel (work proportional to the non-zeros of the selected rows); a dense ``X``
-    by sparse-indicator x dense-block products.
+    :class:`SetMoments` in float64, with ``detected`` (rows with a value > 0). Every block of rows
+    is read once, in its stored dtype, for all sets. A sparse block is summed row by row in a
+    parallel compiled kernel (work proportional to the non-zeros of the selected rows); a dense
+    one by sparse-indicator x block products of its selected rows. Memory: one block plus
+    ``n_sets x n_columns x 4`` float64 sums (two of them for a dask ``X``, whose blocks are reduced
+    by dask's scheduler).
     """
-    import torch
+    import functools
 
-    indicator = sp.csr_matrix(indicator, dtype=np.float64)
-    n_sets, n_rows = indicator.shape
+    from .._blockwise import block_rows, is_lazy, is_sparse_like, reduce_rows
+
+    ind = sp.csc_matrix(indicator)
+    n_rows = ind.shape[1]
     if X.shape[0] != n_rows:
         raise ValueError(f"indicator has {n_rows} columns but X has {X.shape[0]} rows.")
-    n_cols = X.shape[1]
-    k = 3 if transform is not None else 2
-    n = np.asarray(indicator.sum(axis=1)).ravel()
-    if sp.issparse(X) and _HAVE_NUMBA:
-        X = sp.csr_matrix(X)
-        vals = X.data.astype(np.float64)
-        stacked = [vals, vals * vals, transform(vals) if transform is not None else vals]
-        out = np.zeros((n_sets, n_cols, 3), dtype=np.float64)
-        _sparse_set_sums(
-            indicator.indptr.astype(np.int64),
-            indicator.indices.astype(np.int64),
-            X.indptr.astype(np.int64),
-            X.indices.astype(np.int64),
-            np.ascontiguousarray(np.stack(stacked, axis=1)),
-            out,
-        )
-        return SetMoments(
-            n=n,
-            sum=np.ascontiguousarray(out[:, :, 0]),
-            sumsq=np.ascontiguousarray(out[:, :, 1]),
-            sum_transformed=np.ascontiguousarray(out[:, :, 2]) if transform is not None else None,
-        )
+    n = np.diff(sp.csr_matrix(indicator).indptr).astype(np.float64)
     if row_chunk is None:
-        row_chunk = max(1, int(64e6 // (8 * k * max(n_cols, 1))))
-    acc = torch.zeros(n_sets, k * n_cols, dtype=torch.float64)
-    ind_csc = indicator.tocsc()
-    for s in range(0, n_rows, row_chunk):
-        part = ind_csc[:, s : s + row_chunk].tocsr()
-        if part.nnz == 0:
-            continue
-        used = np.unique(part.indices)
-        blk = _dense_block(X, slice(s, s + row_chunk))[used].astype(np.float64, copy=False)
-        parts = [blk, blk * blk]
-        if transform is not None:
-            parts.append(transform(blk))
-        dense = torch.from_numpy(np.concatenate(parts, axis=1))
-        sub = part[:, used].tocsr()
-        t = torch.sparse_csr_tensor(
-            torch.from_numpy(sub.indptr.astype(np.int64)),
-            torch.from_numpy(sub.indices.astype(np.int64)),
-            torch.from_numpy(sub.data),
-            size=sub.shape,
-            check_invariants=False,
-        )
-        acc += t @ dense
-    out = acc.numpy()
+        sparse = is_sparse_like(X)
+        row_chunk = n_rows if sparse and not is_lazy(X) else block_rows(X, 2**28 if sparse else 2**24)
+    fn = functools.partial(_block_sums, transform=transform)
+    out = reduce_rows(fn, X, args=lambda s, e: (ind[:, s:e].tocsr(),), rows=row_chunk)
     return SetMoments(
         n=n,
-        sum=out[:, :n_cols],
-        sumsq=out[:, n_cols : 2 * n_cols],
-        sum_transformed=out[:, 2 * n_cols :] if transform is not None else None,
+        sum=np.ascontiguousarray(out[:, :, 0]),
+        sumsq=np.ascontiguousarray(out[:, :, 1]),
+        sum_transformed=np.ascontiguousarray(out[:, :, 2]) if transform is not None else None,
+        detected=np.ascontiguousarray(out[:, :, 3]),
     )
 
 

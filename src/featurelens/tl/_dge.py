@@ -7,6 +7,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+from .._blockwise import take_rows
 from .._checks import check_bool, check_choice, check_number, check_positive_int, check_probability
 from .._core import (
     activations,
@@ -87,10 +88,10 @@ class _HighVsLow:
         self.entry = get_entry(adata, key)
         self.Zc = activations(adata, key).tocsc()
         self.X = expression(adata, opts["layer"], nonnegative=True)
-        self.log1p = resolve_log1p(adata, self.X, opts["layer"], opts["log1p"])
+        self.log1p = resolve_log1p(adata, self.X, opts["layer"], opts["log1p"], nonnegative_checked=True)
         self.feat_idx = resolve_features(self.entry, opts["features"])
         self.names = self.entry["features"].index.astype(str)
-        self.genes = adata.var_names.astype(str)
+        self.genes = adata.var_names.astype(str).rename(None)
         self.groupby = opts["groupby"]
         if self.groupby is not None:
             self.codes, self.groups = group_codes(adata, self.groupby, min_size=1)
@@ -99,8 +100,6 @@ class _HighVsLow:
             self.fgroups = self._feature_groups()
         if opts["method"] == "pseudobulk":
             self.sample_codes, self.samples = group_codes(adata, opts["sample_key"], min_size=1, what="sample_key")
-        self.detected = self.X.copy() if sp.issparse(self.X) else sp.csr_matrix(self.X)
-        self.detected.data = (self.detected.data > 0).astype(np.float64)
         self.pseudocount = 1.0 if opts["pseudocount"] == "auto" else float(opts["pseudocount"])
         self.lfc = np.full((adata.n_vars, len(self.names)), np.nan, dtype=np.float32)
         self.summary: dict[str, list] = {c: [] for c in _SUMMARY}
@@ -190,7 +189,7 @@ class _HighVsLow:
             t, p = np.empty((k, self.adata.n_vars)), np.empty((k, self.adata.n_vars))
             for i in range(k):
                 rows = np.concatenate([highs[i], lows[i]])
-                _, t[i], p[i] = ranksum_test(self.X[rows], highs[i].size)
+                _, t[i], p[i] = ranksum_test(take_rows(self.X, rows), highs[i].size)
         else:
             t, p = self._pseudobulk(highs, lows, k)
         # genes expressed in too few cells of both groups are not tested (as Seurat's min.pct)
@@ -227,7 +226,7 @@ class _HighVsLow:
         rows = np.repeat(np.arange(len(sets)), [s.size for s in sets])
         ind = sp.csr_matrix((np.ones(rows.size), (rows, np.concatenate(sets))), shape=(len(sets), self.adata.n_obs))
         mom = set_moments(self.X, ind, transform=np.expm1 if self.log1p else None)
-        det = set_moments(self.detected, ind).sum
+        det = mom.detected
         k = len(tested)
         t, p = self._statistics(mom, det, highs, lows, k)
         padj = bh_adjust(p, axis=1)
@@ -378,13 +377,16 @@ def high_vs_low(
     groups with enough active and inactive cells. Both the quantile and the zero cells are taken
     within that group, which removes differences between groups from the comparison.
 
-    All features are processed together in chunks: high and low cells become sparse indicator
-    matrices that multiply the expression matrix held in memory (each chunk takes a float64 copy of
-    its non-zero values and features x genes moment arrays; backed and dask matrices are not
-    supported yet). The expression is
-    checked first: it must be finite and non-negative (log-normalised or counts) with unique
-    ``var_names``. A new call replaces the stored results and removes the enrichment and concept
-    space computed from the previous ones.
+    All features are processed together in chunks of ``chunk_size``: for a chunk, every block of
+    cells of the expression matrix is read once, in its stored dtype, and the sums, sums of squares,
+    ``expm1`` sums and detection counts of all its high and low sets are accumulated in float64
+    (``2 * chunk_size x genes x 4`` values). The matrix may be in memory or on disk (a backed AnnData,
+    one read lazily, a dask array: blocks of about 256 MB are read, and a dask array is reduced by
+    dask's scheduler or a ``dask.distributed`` client); the Wilcoxon test reads only the rows of each
+    feature's high and low cells. The expression is checked first (one pass over it): it must be
+    finite and non-negative (log-normalised or counts) with unique ``var_names``. A new call
+    replaces the stored results and removes the enrichment and concept space computed from the
+    previous ones.
 
     Parameters
     ----------

@@ -11,9 +11,11 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+from .._blockwise import reduce_rows
 from .._checks import check_bool, check_positive_int
 from .._core import (
     activations,
+    check_input_dim,
     claim,
     doc,
     embedding_source,
@@ -21,11 +23,15 @@ from .._core import (
     find_whitening,
     get_entry,
     invalidate,
+    is_out_of_core,
     model_from_entry,
     n_features,
     prepared_input,
+    preprocess_of,
+    raw_embedding,
     reconstruction,
     resolve_device,
+    resolve_input,
     stem,
     tool,
     tool_params,
@@ -33,16 +39,64 @@ from .._core import (
 )
 from ..models import ICFLConfig, SAEConfig, TrainConfig
 from ..models.preprocess import Normalizer, Preprocess, Whitening
+from ._store import StoreSink, open_store
 
 #: training keeps the entry of these keys from the previous dictionary of the same name
 _TRAINING_KEYS = ("params", "decoder", "decoder_bias", "pre_bias", "encoder", "encoder_bias", "threshold")
 
 
 # ---------------------------------------------------------------------- encoding and quality
-def _encode_blocks(model, blocks, device, batch_size: int, progress: bool, total: int):
-    """Sparse codes (CSR, float32), squared reconstruction error and per-row cosine of blocks of rows.
+class _MemorySink:
+    """Collects the codes of every batch; :meth:`result` joins them into one CSR matrix."""
 
-    Also returns the total sum of squares of the rows around their mean, from sums around the first
+    def __init__(self, n_features: int):
+        self.n_features = n_features
+        self.data, self.indices, self.counts = [], [], []
+
+    def add(self, idx: np.ndarray, val: np.ndarray, counts: np.ndarray) -> None:
+        self.data.append(val)
+        self.indices.append(idx)
+        self.counts.append(counts)
+
+    def result(self) -> sp.csr_matrix:
+        counts = np.concatenate(self.counts) if self.counts else np.zeros(0, np.int64)
+        indptr = np.zeros(counts.size + 1, dtype=np.int64)
+        np.cumsum(counts, out=indptr[1:])
+        data = np.concatenate(self.data) if self.data else np.zeros(0, np.float32)
+        self.data = None  # one copy of the values at a time
+        indices = np.concatenate(self.indices) if self.indices else np.zeros(0, np.int32)
+        self.indices = None
+        if indptr[-1] < np.iinfo(np.int32).max:
+            indptr = indptr.astype(np.int32)
+        return sp.csr_matrix((data, indices, indptr), shape=(counts.size, self.n_features))
+
+
+def _batch_codes(z) -> tuple[np.ndarray, np.ndarray, np.ndarray, object]:
+    """Column indices, values and per-row counts of the non-zeros of a batch of dense codes, and its sparse form."""
+    import torch
+
+    rows, cols = torch.nonzero(z, as_tuple=True)  # row-major order
+    vals = z[rows, cols]
+    zs = torch.sparse_coo_tensor(torch.stack([rows, cols]), vals, z.shape, is_coalesced=True, check_invariants=False)
+    counts = torch.bincount(rows, minlength=z.shape[0]).cpu().numpy()
+    return cols.cpu().numpy().astype(np.int32), vals.float().cpu().numpy(), counts, zs
+
+
+def _sparse_reconstruction(model, zs):
+    """``z W + b`` from the sparse codes of a batch (work proportional to the non-zeros)."""
+    import torch
+
+    from ..models import ICFL
+
+    W, b = (model.W, model.b) if isinstance(model, ICFL) else (model.W_dec, model.b_dec)
+    return torch.sparse.mm(zs.to(W.dtype), W.detach()) + b.detach()
+
+
+def _encode_blocks(model, blocks, device, batch_size: int, progress: bool, total: int, sink=None):
+    """Codes of blocks of rows (into ``sink``, CSR float32), squared reconstruction error and per-row cosine.
+
+    Batches are moved to ``device`` one at a time and decoded from their sparse codes. Also
+    returns the total sum of squares of the rows around their mean, from sums around the first
     block's mean (exact for one block up to rounding).
     """
     import torch
@@ -52,8 +106,9 @@ def _encode_blocks(model, blocks, device, batch_size: int, progress: bool, total
     from ..models._sparse import gram
 
     model = model.to(device).eval()
+    sink = _MemorySink(model.n_features) if sink is None else sink
     G = gram(model.W.detach()) if isinstance(model, ICFL) else None
-    out, cosines = [], []
+    cosines = []
     sse, shift, s, ss, n = 0.0, None, 0.0, 0.0, 0
     bar = tqdm(total=total, desc="encoding", disable=not progress, leave=False)
     with torch.no_grad():
@@ -62,33 +117,46 @@ def _encode_blocks(model, blocks, device, batch_size: int, progress: bool, total
             for start in range(0, Y.shape[0], batch_size):
                 c = Y[start : start + batch_size] - shift  # float64, one batch
                 s, ss, n = s + c.sum(0), ss + float((c * c).sum()), n + c.shape[0]
-                x = torch.from_numpy(Y[start : start + batch_size]).to(device)
+                x = torch.from_numpy(np.ascontiguousarray(Y[start : start + batch_size])).to(device)
                 z = model.encode(x, G) if G is not None else model.encode(x)
-                x_hat = model.decode(z)
+                idx, val, counts, zs = _batch_codes(z)
+                del z
+                x_hat = _sparse_reconstruction(model, zs)
                 sse += float((x - x_hat).double().pow(2).sum())
                 cosines.append(torch.nn.functional.cosine_similarity(x, x_hat, dim=1, eps=1e-12).cpu().numpy())
-                out.append(sp.csr_matrix(z.float().cpu().numpy()))
+                sink.add(idx, val.astype(np.float32, copy=False), counts)
                 bar.update(x.shape[0])
     bar.close()
-    codes = sp.vstack(out, format="csr").astype(np.float32)
-    codes.eliminate_zeros()
-    codes.sort_indices()
+    codes = sink.result()
     cos = np.concatenate(cosines).astype(np.float64) if cosines else np.zeros(0)
     sst = ss - float(np.sum(np.asarray(s) ** 2)) / max(n, 1)
     return codes, sse, cos, sst
 
 
-def _encode_rows(model, Y: np.ndarray, device, batch_size: int, progress: bool):
+def _encode_rows(model, Y: np.ndarray, device, batch_size: int, progress: bool, sink=None):
     """Sparse codes of all rows of ``Y`` (CSR, float32), reconstruction FVU and per-row cosine."""
-    codes, sse, cos, sst = _encode_blocks(model, [Y], device, batch_size, progress, Y.shape[0])
+    codes, sse, cos, sst = _encode_blocks(model, [Y], device, batch_size, progress, Y.shape[0], sink)
     return codes, (sse / sst if sst > 0 else float("nan")), cos
 
 
-def _encode_source(model, source, normalizer, device, progress: bool):
-    """:func:`_encode_rows` for a :class:`~featurelens.models.data.RowSource`, one chunk at a time."""
-    blocks = (normalizer.transform(b)[0] for b in source.blocks())
-    codes, sse, cos, sst = _encode_blocks(model, blocks, device, 4096, progress, source.n_rows)
+def _encode_source(model, source, transform, device, progress: bool, batch_size: int = 4096, sink=None):
+    """:func:`_encode_rows` for a :class:`~featurelens.models.data.RowSource`, one chunk at a time.
+
+    ``transform`` maps a chunk of the raw embedding to the dictionary's input (its preprocessing).
+    """
+    blocks = (transform(b) for b in source.blocks())
+    codes, sse, cos, sst = _encode_blocks(model, blocks, device, batch_size, progress, source.n_rows, sink)
     return codes, (sse / sst if sst > 0 else float("nan")), cos
+
+
+class _Prepare:
+    """The dictionary's preprocessing of a chunk of the raw embedding."""
+
+    def __init__(self, pre, whiten: bool):
+        self.pre, self.whiten = pre, whiten
+
+    def __call__(self, block: np.ndarray) -> np.ndarray:
+        return self.pre.transform(block, whiten=self.whiten)[0]
 
 
 def _quality(fvu: float, cos: np.ndarray) -> dict:
@@ -173,7 +241,8 @@ def _fit(model, Y: np.ndarray, train_cfg: TrainConfig, dev, g_batch, progress: b
 
     from ..models.train import TrainingDivergedError, fit
 
-    Xt = torch.from_numpy(Y).to(dev) if isinstance(Y, np.ndarray) else Y  # an array, or a sampler of streamed rows
+    # an array (kept in host memory, batches go to the device one at a time) or a sampler of streamed rows
+    Xt = torch.from_numpy(Y) if isinstance(Y, np.ndarray) else Y
     try:
         return fit(
             model,
@@ -196,7 +265,14 @@ def _fit(model, Y: np.ndarray, train_cfg: TrainConfig, dev, g_batch, progress: b
         raise
 
 
-def _warn_unconverged(fvu: float, codes: sp.csr_matrix, lr: float) -> bool:
+def _nnz(codes) -> int:
+    """Stored values of activations in memory or on disk."""
+    if sp.issparse(codes):
+        return int(codes.nnz)
+    return int(reduce_rows(lambda s, e, blk: np.int64(blk.nnz), codes))
+
+
+def _warn_unconverged(fvu: float, nnz: int, lr: float) -> bool:
     """Warn when training finished with finite weights that reconstruct nothing; returns convergence."""
     if not np.isfinite(fvu) or fvu > 1.0:
         warn(
@@ -205,14 +281,14 @@ def _warn_unconverged(fvu: float, codes: sp.csr_matrix, lr: float) -> bool:
             "scale of the embedding (normalize=...)."
         )
         return False
-    if codes.nnz == 0:
+    if nnz == 0:
         warn("Every feature is dead: no cell activates any feature. Lower the learning rate or change the options.")
         return False
     return True
 
 
 def _learn(
-    adata: AnnData, X: np.ndarray, *, use_rep, method, model_cfg, train_cfg, device, key, progress, ckpt
+    adata: AnnData, X: np.ndarray, *, use_rep, method, model_cfg, train_cfg, device, key, progress, ckpt, out=None
 ) -> None:
     import torch
 
@@ -222,6 +298,7 @@ def _learn(
     g_init = torch.Generator().manual_seed(train_cfg.random_state)
     g_batch = torch.Generator().manual_seed(train_cfg.random_state + 1)
     whitening = _whitening_info(adata, use_rep)
+    sink = None if out is None else StoreSink(open_store(out, adata), f"obsm/X_{key}", model_cfg.n_features)
     normalizer, data, sample, checksum, stream = _training_data(X, use_rep, train_cfg, g_batch, dev)
     model = model_cfg.build(g_init)
     model.init_from_data(torch.from_numpy(sample), getattr(model_cfg, "pre_bias_init", "mean"))
@@ -233,11 +310,12 @@ def _learn(
     history, tracker = _fit(model, data, train_cfg, dev, g_batch, progress, desc, ckpt)
     seconds = time.perf_counter() - t0
     if stream:
-        codes, fvu, cos = _encode_source(model, X, normalizer, dev, progress)
+        codes, fvu, cos = _encode_source(model, X, lambda b: normalizer.transform(b)[0], dev, progress, sink=sink)
     else:
-        codes, fvu, cos = _encode_rows(model, data, dev, batch_size=4096, progress=progress)
+        codes, fvu, cos = _encode_rows(model, data, dev, batch_size=4096, progress=progress, sink=sink)
     rate = tracker.rate().cpu().numpy()
-    converged = _warn_unconverged(fvu, codes, train_cfg.lr)
+    nnz = _nnz(codes)
+    converged = _warn_unconverged(fvu, nnz, train_cfg.lr)
     preprocess = Preprocess(normalizer=normalizer).to_dict()
     if whitening is not None:
         preprocess["whiten"] = whitening
@@ -252,7 +330,7 @@ def _learn(
     }
     metrics = {
         "fvu": float(fvu),
-        "l0": float(codes.getnnz(axis=1).mean()),
+        "l0": nnz / max(codes.shape[0], 1),
         "n_dead_training": int((rate < DEAD_RATE).sum()),
         "dead_fraction_training": float((rate < DEAD_RATE).mean()),
         "train_seconds": float(seconds),
@@ -318,6 +396,7 @@ def sae(
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 1000,
     resume: bool = False,
+    out: str | os.PathLike | None = None,
     progress: bool = True,
     key_added: str | None = None,
 ) -> None:
@@ -380,6 +459,7 @@ def sae(
     {doc_device}
     {doc_train_random_state}
     {doc_checkpoint}
+    {doc_codes_out}
     {doc_progress}
     key_added
         Stem of the result names (default ``"sae"``): ``adata.obsm[f"X_{key_added}"]`` and
@@ -404,7 +484,7 @@ def sae(
     ``adata.uns[key_added]["preprocess"]`` : :class:`dict`
         Normalisation (and whitening, when ``use_rep`` came from :func:`featurelens.pp.whiten`).
     ``adata.uns[key_added]["history"]`` : :class:`pandas.DataFrame`
-        One row per logged step: loss, mse, aux_loss, fvu, l0, dead_fraction, n_dead, lr.
+        One row per logged step: loss, mse, aux_loss, fvu, l0, dead_fraction, n_dead, lr, seconds.
     ``adata.uns[key_added]["features"]`` : :class:`pandas.DataFrame`
         One row per feature (``f0``, ``f1``, ...): ``train_fire_rate`` and ``dead_training``.
     ``adata.uns[key_added]["metrics"]`` : :class:`dict`
@@ -452,7 +532,7 @@ def sae(
     )
     _learn(
         adata, X, use_rep=use_rep, method="sae", model_cfg=model_cfg, train_cfg=train_cfg, device=device, key=key,
-        progress=progress, ckpt=_checkpoint_options(checkpoint, checkpoint_every, resume),
+        progress=progress, ckpt=_checkpoint_options(checkpoint, checkpoint_every, resume), out=out,
     )  # fmt: skip
 
 
@@ -483,6 +563,7 @@ def icfl(
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 1000,
     resume: bool = False,
+    out: str | os.PathLike | None = None,
     progress: bool = True,
     key_added: str | None = None,
 ) -> None:
@@ -544,6 +625,7 @@ def icfl(
     {doc_device}
     {doc_train_random_state}
     {doc_checkpoint}
+    {doc_codes_out}
     {doc_progress}
     key_added
         Stem of the result names (default ``"icfl"``); see :func:`sae`.
@@ -601,7 +683,7 @@ def icfl(
     )
     _learn(
         adata, X, use_rep=use_rep, method="icfl", model_cfg=model_cfg, train_cfg=train_cfg, device=device, key=key,
-        progress=progress, ckpt=_checkpoint_options(checkpoint, checkpoint_every, resume),
+        progress=progress, ckpt=_checkpoint_options(checkpoint, checkpoint_every, resume), out=out,
     )  # fmt: skip
 
 
@@ -623,7 +705,7 @@ def _copy_entry(entry: dict) -> dict:
 
 def _same_codes(old, new: sp.csr_matrix) -> bool:
     """Whether ``old`` activations equal ``new`` up to float32 rounding of the stored preprocessing."""
-    if old is None or not sp.issparse(old) or old.shape != new.shape:
+    if old is None or not sp.issparse(old) or not sp.issparse(new) or old.shape != new.shape:
         return False
     diff = abs(sp.csr_matrix(old, dtype=np.float32) - new)
     return diff.nnz == 0 or float(diff.max()) <= 1e-4 * max(float(abs(new).max()) if new.nnz else 0.0, 1e-12)
@@ -639,6 +721,7 @@ def encode(
     whiten: bool | None = None,
     source: AnnData | None = None,
     batch_size: int = 4096,
+    out=None,
     device: Any = "auto",
     progress: bool = True,
     key_added: str | None = None,
@@ -669,10 +752,17 @@ def encode(
         ``adata.uns[key_added]`` (training results only).
     batch_size
         Cells per encoding batch.
+    {doc_codes_out}
     {doc_device}
     {doc_progress}
     key_added
         Stem of the result names (default ``key``).
+
+    Notes
+    -----
+    An embedding on disk (a dask array in ``obsm``, a backed or lazily read AnnData) is read,
+    preprocessed and encoded one chunk at a time; with ``out=`` memory is bounded by a chunk and
+    a batch whatever the number of cells. Batches go to ``device`` one at a time.
 
     Returns
     -------
@@ -681,7 +771,7 @@ def encode(
     Sets the following fields:
 
     ``adata.obsm[f"X_{key_added}"]`` : :class:`scipy.sparse.csr_matrix`, float32
-        Feature activations.
+        Feature activations (with ``out=``: the stored ones, read lazily).
     ``adata.uns[key_added]`` : :class:`dict`
         A copy of the dictionary, when it came from ``source`` or ``key_added != key``.
     ``adata.uns[key_added]["quality"]`` : :class:`dict`
@@ -704,11 +794,25 @@ def encode(
     entry = get_entry(src, key)
     key_added = stem(key_added, key)
     check_positive_int(batch_size, "batch_size")
-    rep, _, Y, _, _ = prepared_input(adata, entry, use_rep, whiten)
+    sink = None
+    if out is not None:
+        sink = StoreSink(open_store(out, adata), f"obsm/X_{key_added}", n_features(entry))
+    model, dev = model_from_entry(entry), resolve_device(device)
+    rep, apply_white = resolve_input(adata, entry, use_rep, whiten)
+    raw = raw_embedding(adata, rep)
     in_place = src is adata and key_added == key
-    if not in_place:
-        claim(adata, key_added, kind="dictionary", inputs=[rep])
-    codes, fvu, cos = _encode_rows(model_from_entry(entry), Y, resolve_device(device), batch_size, progress)
+    if is_out_of_core(raw) and not sp.issparse(raw):
+        source = embedding_source(adata, rep)
+        pre = preprocess_of(entry)
+        check_input_dim(source.n_cols, entry, rep, apply_white)
+        if not in_place:
+            claim(adata, key_added, kind="dictionary", inputs=[rep])
+        codes, fvu, cos = _encode_source(model, source, _Prepare(pre, apply_white), dev, progress, batch_size, sink)
+    else:
+        rep, _, Y, _, _ = prepared_input(adata, entry, use_rep, whiten)
+        if not in_place:
+            claim(adata, key_added, kind="dictionary", inputs=[rep])
+        codes, fvu, cos = _encode_rows(model, Y, dev, batch_size, progress, sink)
     if in_place:
         if not _same_codes(adata.obsm.get(f"X_{key}"), codes):
             invalidate(adata, key, "codes")  # re-encoding to the same activations keeps what was computed from them

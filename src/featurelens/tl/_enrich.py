@@ -10,6 +10,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+from .._blockwise import reduce_rows
 from .._checks import check_bool, check_choices, check_int, check_nonnegative, check_positive_int, check_probability
 from .._core import doc, expression, get_entry, invalidate, renamed, resolve_features, tool, tool_params, warn
 from .._core._results import DIRECTIONS, TESTS
@@ -171,10 +172,14 @@ def _assemble(tables: list[dict], features: pd.Index, term_ids, term_names) -> p
     return out
 
 
+def _nonzero_per_column(start: int, stop: int, blk) -> np.ndarray:
+    return np.asarray((blk != 0).sum(axis=0)).ravel().astype(np.int64)
+
+
 def _universe(adata: AnnData, layer: str | None, gene_symbols: str | None) -> tuple[np.ndarray, pd.Index]:
     """Positions of measured genes (non-zero in at least one cell) and their identifiers."""
     X = expression(adata, layer)
-    nz = np.asarray((X != 0).sum(axis=0)).ravel() if sp.issparse(X) else (np.asarray(X) != 0).sum(axis=0)
+    nz = reduce_rows(_nonzero_per_column, X)  # block by block: X may be on disk
     measured = np.flatnonzero(nz > 0)
     if gene_symbols is None:
         ids = adata.var_names
@@ -238,7 +243,8 @@ def _tested_features(entry: dict, dge: dict, features) -> pd.Index:
     tested = summary.index[summary["skipped"].astype(str) == ""].astype(str)
     if features is not None:
         req = entry["features"].index.astype(str)[resolve_features(entry, features)]
-        missing = [f for f in req if f not in set(tested)]
+        have = set(tested)
+        missing = [f for f in req if f not in have]
         if missing:
             raise ValueError(f"Features without high-vs-low results: {missing[:5]}; run high_vs_low on them first.")
         tested = pd.Index(req)

@@ -6,7 +6,6 @@ from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 from anndata import AnnData
 
 from .._checks import check_choice, check_int, check_nonnegative, check_number, check_positive, check_positive_int
@@ -16,6 +15,7 @@ from .._core import (
     feature_column,
     get_entry,
     group_codes,
+    lowest_value,
     one_feature,
     prepared_input,
     resolve_log1p,
@@ -78,7 +78,7 @@ def _decoder(adata: AnnData, decoder, *, layer, rep, X, ridge_alpha, log1p, clip
     check_choice(decoder, "decoder", DECODERS)
     E = expression(adata, layer)
     is_log = resolve_log1p(adata, E, layer, log1p)
-    nonneg = (E.data.min(initial=0.0) if sp.issparse(E) else np.min(E, initial=0.0)) >= 0
+    nonneg = min(lowest_value(E), 0.0) >= 0
     do_clip = bool(nonneg) if clip is None else bool(clip)
     if decoder == "linear":
         return RidgeDecoder.fit_heldout(X, E, alpha=ridge_alpha), is_log, do_clip
@@ -238,7 +238,7 @@ def _deterministic_effects(adata, decoder, X, X0, X1, method, opts) -> tuple[pd.
         P0, P1 = np.maximum(P0, 0.0), np.maximum(P1, 0.0)
     if not (np.isfinite(P0).all() and np.isfinite(P1).all()):
         raise ValueError(f"The decoder {dec.name!r} produced non-finite expression values.")
-    genes = adata.var_names.astype(str)[dec.genes]
+    genes = adata.var_names.astype(str).rename(None)[dec.genes]
     if method == "effect":
         none = np.full(P0.shape[1], np.nan)
         res = PairedResult((P1 - P0).mean(0), none, none, none)
